@@ -1,0 +1,1 @@
+"""Turn raw dataset downloads into WebDataset tar shards with a manifest."""
