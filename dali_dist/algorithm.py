@@ -1,0 +1,144 @@
+"""One iteration of Algorithm 1 as explicit phases (DESIGN.md section 1).
+
+Each phase switches gradients on for exactly the networks it updates (StyleGAN style), so
+the D step can never move G or E and the G+E step can never move D's trunk or head, while
+gradients still flow *through* the frozen D into G. D is always called through the object
+handed in (its DDP wrapper when distributed) so that wrapper hooks stay consistent.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+from .losses import adversarial_game, encoder_loss
+
+
+@dataclass
+class Networks:
+    G: nn.Module
+    D: nn.Module
+    E: Optional[nn.Module]
+    opt_d: torch.optim.Optimizer
+    opt_ge: torch.optim.Optimizer
+
+
+def set_trainable(modules, flag: bool) -> None:
+    for m in modules:
+        if m is not None:
+            m.requires_grad_(flag)
+
+
+def _params(*modules) -> list[torch.nn.Parameter]:
+    return [p for m in modules if m is not None for p in m.parameters()]
+
+
+class DaliStep:
+    """Runs one Algorithm 1 iteration; returns float stats (no syncs beyond ``.item()``)."""
+
+    def __init__(
+        self,
+        nets: Networks,
+        *,
+        variant: str,
+        lambda_e: float,
+        update_order: str,
+        backward: Callable[..., None] = None,
+        autocast: Callable[[], object] = nullcontext,
+    ):
+        self.nets = nets
+        self.variant = variant
+        self.lambda_e = lambda_e
+        self.update_order = update_order
+        self.d_loss_fn, self.g_loss_fn = adversarial_game(variant)
+        self.backward = backward or (lambda loss, **kw: loss.backward(**kw))
+        self.autocast = autocast
+
+    # -- pieces shared by both update orders ---------------------------------------------
+    def _encoder_loss(self, z: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        E = self.nets.E
+        if E is None:  # plain GAN: no inference network
+            return torch.zeros((), device=z.device), {}
+        mu, logvar = E(h)
+        mu, logvar = mu.float(), logvar.float()
+        loss = encoder_loss(z, mu, None if self.variant == "dali-l2" else logvar, self.lambda_e)
+        stats = {"loss_e": loss.detach(), "z_mse": (z - mu.detach()).pow(2).mean()}
+        if self.variant != "dali-l2":
+            stats["sigma_mean"] = torch.exp(0.5 * logvar.detach()).mean()
+        return loss, stats
+
+    def _d_stats(self, real_logit, fake_logit, loss_d) -> dict:
+        return {
+            "loss_d": loss_d.detach(),
+            "logit_real": real_logit.detach().float().mean(),
+            "logit_fake": fake_logit.detach().float().mean(),
+        }
+
+    # -- the two update orders -------------------------------------------------------------
+    def __call__(self, x_real_batches: list[torch.Tensor], z_draws: list[torch.Tensor]) -> dict:
+        if self.update_order == "simultaneous":
+            stats = self._simultaneous(x_real_batches[0], z_draws[0])
+        else:
+            stats = self._alternating(x_real_batches, z_draws)
+        return {k: float(v) for k, v in stats.items()}
+
+    def _alternating(self, x_real_batches, z_draws) -> dict:
+        """The authors' code: D steps on fresh fakes, then a fresh z for the G+E step."""
+        n = self.nets
+        # Phase D: only D's parameters have gradients on.
+        set_trainable([n.G, n.E], False)
+        set_trainable([n.D], True)
+        for x_real, z in zip(x_real_batches, z_draws[:-1]):
+            with torch.no_grad(), self.autocast():
+                x_fake = n.G(z)
+            with self.autocast():
+                real_logit, _ = n.D(x_real)
+                fake_logit, _ = n.D(x_fake)
+            loss_d = self.d_loss_fn(real_logit.float(), fake_logit.float())
+            n.opt_d.zero_grad(set_to_none=True)
+            self.backward(loss_d)
+            n.opt_d.step()
+            n.opt_d.zero_grad(set_to_none=True)  # free memory; no stale D grads in phase G+E
+        stats = self._d_stats(real_logit, fake_logit, loss_d)
+
+        # Phase G+E: D frozen, gradients flow through it into G.
+        set_trainable([n.D], False)
+        set_trainable([n.G, n.E], True)
+        z = z_draws[-1]
+        with self.autocast():
+            x_fake = n.G(z)
+            fake_logit, h = n.D(x_fake)
+            loss_g = self.g_loss_fn(fake_logit.float())
+            loss_e, e_stats = self._encoder_loss(z, h)
+        n.opt_ge.zero_grad(set_to_none=True)
+        self.backward(loss_g + loss_e)
+        n.opt_ge.step()
+        n.opt_ge.zero_grad(set_to_none=True)
+        set_trainable([n.D], True)
+        return {**stats, "loss_g": loss_g.detach(), **e_stats}
+
+    def _simultaneous(self, x_real, z) -> dict:
+        """Algorithm 1 as printed: one forward; D and (G, E) both step on gradients taken
+        at the same parameters. Each loss is differentiated only w.r.t. its own networks."""
+        n = self.nets
+        set_trainable([n.G, n.D, n.E], True)
+        with self.autocast():
+            x_fake = n.G(z)
+            real_logit, _ = n.D(x_real)
+            fake_logit, h = n.D(x_fake)
+            loss_d = self.d_loss_fn(real_logit.float(), fake_logit.float())
+            loss_g = self.g_loss_fn(fake_logit.float())
+            loss_e, e_stats = self._encoder_loss(z, h)
+        n.opt_d.zero_grad(set_to_none=True)
+        n.opt_ge.zero_grad(set_to_none=True)
+        self.backward(loss_d, inputs=_params(n.D), retain_graph=True)
+        self.backward(loss_g + loss_e, inputs=_params(n.G, n.E))
+        n.opt_d.step()
+        n.opt_ge.step()
+        n.opt_d.zero_grad(set_to_none=True)
+        n.opt_ge.zero_grad(set_to_none=True)
+        return {**self._d_stats(real_logit, fake_logit, loss_d), "loss_g": loss_g.detach(), **e_stats}

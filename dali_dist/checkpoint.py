@@ -1,0 +1,237 @@
+"""Checkpoints: atomic save, resume, retention and the export that evaluation reads.
+
+Layout of ``RUN_DIR/checkpoints/step-<N>/`` (only complete checkpoints carry that name;
+they are written under ``.tmp-step-<N>`` and renamed):
+
+    train_state.json            step, batches consumed, wall time (JSON: nothing to unpickle)
+    G.safetensors D.safetensors E.safetensors [G_ema, E_ema]   training weights
+    optim_d.pt optim_ge.pt      optimizer state dicts (tensors only; loaded weights_only=True)
+    export/                     what evaluation and inference need, nothing more:
+        G.safetensors D.safetensors [E.safetensors]  (EMA weights when EMA is on)
+        config.yaml meta.json
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+import yaml
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from . import __version__
+from .config import Config, config_from_dict, dump_yaml
+from .errors import UserError
+from .models import build_models, sample_shape
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    """Completed iterations."""
+    batches_consumed: int = 0
+    """Real-data batches this rank has taken from its stream (for an exact skip on resume)."""
+    elapsed_s: float = 0.0
+    """Training wall time over all sessions of this run."""
+
+    def to_json(self) -> str:
+        return json.dumps(self.__dict__, indent=2)
+
+
+# ----------------------------------------------------------------------------------------
+# Writing
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+
+
+def _write_export(folder: Path, cfg: Config, step: int, G, D, E) -> None:
+    folder.mkdir()
+    save_file(_state(G), folder / "G.safetensors")
+    save_file(_state(D), folder / "D.safetensors")
+    if E is not None:
+        save_file(_state(E), folder / "E.safetensors")
+    (folder / "config.yaml").write_text(dump_yaml(cfg))
+    meta = {
+        "step": step,
+        "variant": cfg.model.variant,
+        "dataset": cfg.data.dataset,
+        "latent_dim": cfg.model.latent_dim,
+        "sample_shape": list(sample_shape(cfg)),
+        "has_encoder": E is not None,
+        "dali_dist_version": __version__,
+    }
+    (folder / "meta.json").write_text(json.dumps(meta, indent=2))
+
+
+def save_checkpoint(
+    run_dir: Path,
+    cfg: Config,
+    state: TrainState,
+    models: dict[str, Optional[nn.Module]],
+    optimizers: dict[str, torch.optim.Optimizer],
+    export_models: dict[str, Optional[nn.Module]],
+) -> Path:
+    """Write ``step-<state.step>`` atomically; returns its path. Call on the main process."""
+    root = Path(run_dir) / "checkpoints"
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{state.step}"
+    tmp = root / f".tmp-step-{state.step}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        tmp.mkdir()
+        for name, module in models.items():
+            if module is not None:
+                save_file(_state(module), tmp / f"{name}.safetensors")
+        for name, opt in optimizers.items():
+            torch.save(opt.state_dict(), tmp / f"optim_{name}.pt")
+        _write_export(tmp / "export", cfg, state.step, export_models["G"], export_models["D"], export_models.get("E"))
+        (tmp / "train_state.json").write_text(state.to_json())
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                with open(f, "rb+") as fh:
+                    os.fsync(fh.fileno())
+        if final.exists():  # re-saving the same step (e.g. stop right after resume)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync_dir(root)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"{final}: cannot write checkpoint ({exc.strerror or exc}); earlier checkpoints are intact") from None
+    return final
+
+
+def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints of a run, oldest first."""
+    root = Path(run_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = []
+    for p in root.iterdir():
+        m = STEP_DIR.match(p.name)
+        if m and (p / "train_state.json").is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def prune_checkpoints(run_dir: Path, keep: int, keep_every: int) -> list[Path]:
+    """Delete old checkpoints beyond the newest ``keep`` (multiples of keep_every stay)."""
+    ckpts = complete_checkpoints(run_dir)
+    removed = []
+    for step, path in ckpts[:-keep] if keep else ckpts:
+        if keep_every and step % keep_every == 0:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+# ----------------------------------------------------------------------------------------
+# Reading
+
+def resolve_resume(run_dir: Path, resume: Optional[str]) -> Optional[Path]:
+    """``auto`` -> newest complete checkpoint or None; a path -> that checkpoint."""
+    if resume is None:
+        return None
+    if resume == "auto":
+        ckpts = complete_checkpoints(run_dir)
+        return ckpts[-1][1] if ckpts else None
+    path = Path(resume)
+    if not (path / "train_state.json").is_file():
+        raise UserError(f"{path}: not a complete checkpoint (no train_state.json)")
+    return path
+
+
+def _load_weights(module: nn.Module, file: Path) -> None:
+    try:
+        tensors = load_file(file)
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise UserError(f"{file}: unreadable weights ({exc})") from None
+    try:
+        module.load_state_dict(tensors)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"{file}: weights do not fit this model ({first})") from None
+
+
+def load_train_state(ckpt: Path) -> TrainState:
+    file = ckpt / "train_state.json"
+    try:
+        return TrainState(**json.loads(file.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"{file}: invalid train state ({exc})") from None
+
+
+def load_checkpoint(
+    ckpt: Path,
+    models: dict[str, Optional[nn.Module]],
+    optimizers: dict[str, torch.optim.Optimizer],
+) -> TrainState:
+    for name, module in models.items():
+        if module is not None:
+            _load_weights(module, ckpt / f"{name}.safetensors")
+    for name, opt in optimizers.items():
+        file = ckpt / f"optim_{name}.pt"
+        try:
+            opt.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+        except Exception as exc:  # noqa: BLE001 - any failure here means a bad file
+            raise UserError(f"{file}: unreadable optimizer state ({type(exc).__name__})") from None
+    return load_train_state(ckpt)
+
+
+@dataclass
+class Exported:
+    cfg: Config
+    meta: dict
+    G: nn.Module
+    D: nn.Module
+    E: Optional[nn.Module]
+    path: Path
+
+
+def export_dir(path: Path) -> Path:
+    """Accept a ``step-<N>/`` folder or its ``export/``."""
+    path = Path(path)
+    if (path / "export" / "meta.json").is_file():
+        return path / "export"
+    if (path / "meta.json").is_file():
+        return path
+    raise UserError(f"{path}: not a checkpoint (expected step-<N>/ or its export/ with meta.json)")
+
+
+def load_export(path: Path, device: torch.device | str = "cpu") -> Exported:
+    folder = export_dir(path)
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+        raw = yaml.safe_load((folder / "config.yaml").read_text())
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise UserError(f"{folder}: unreadable export ({exc})") from None
+    cfg = config_from_dict(raw)
+    G, D, E = build_models(cfg)
+    _load_weights(G, folder / "G.safetensors")
+    _load_weights(D, folder / "D.safetensors")
+    if E is not None:
+        _load_weights(E, folder / "E.safetensors")
+    for net in (G, D, E):
+        if net is not None:
+            net.to(device).eval().requires_grad_(False)
+    return Exported(cfg, meta, G, D, E, folder)

@@ -1,0 +1,56 @@
+"""The ``dali-dist`` command line (typer). Each command lives in the module that does the work.
+
+    dali-dist train --config grid2d
+    dali-dist sample --checkpoint RUN/checkpoints/step-N --num 2500 --out samples.npy
+    dali-dist evaluate --run-dir RUN --metrics modes --out metrics.json
+    dali-dist prep mnist --source /usr/share/datasets/fashion-mnist --out data/fmnist
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .cli_util import exits_cleanly
+from .evaluate import evaluate_command
+from .train import train_command
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distributed DALI training pipeline.")
+app.command("train")(train_command)
+app.command("evaluate")(evaluate_command)
+
+
+@app.command("sample")
+def sample_command(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A step-<N>/ folder or its export/."),
+    num: int = typer.Option(..., "--num", min=1, help="Number of samples."),
+    out: Path = typer.Option(..., "--out", help="FILE.npy ((N, 2) float or (N, H, W, C) uint8) or a directory of PNGs."),
+    seed: int = typer.Option(0, "--seed", help="Sample i uses z seeded by (seed, i)."),
+    batch_size: int = typer.Option(500, "--batch-size", min=1),
+    device: str = typer.Option("cpu", "--device"),
+) -> None:
+    """Write N generated samples."""
+    from .checkpoint import load_export
+    from .generate import generate, write_samples
+
+    exp = load_export(checkpoint, device)
+    samples = generate(exp, num, seed=seed, batch_size=batch_size)
+    write_samples(samples, out, exp.cfg.data.dataset == "grid2d")
+    typer.echo(f"wrote {num} samples to {out}")
+
+
+try:  # data preparation commands (data_prep/cli.py)
+    from data_prep.cli import prep_app
+except ImportError:  # pragma: no cover - data_prep ships in the same distribution
+    prep_app = None
+if prep_app is not None:
+    app.add_typer(prep_app, name="prep", help="Shard datasets into WebDataset tars.")
+
+
+def main() -> None:
+    exits_cleanly(app)()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,365 @@
+"""Typed run configuration: dataclasses with one docstring per field, YAML presets, overrides.
+
+A config is built in three layers: the dataclass defaults, a preset or YAML file
+(``--config grid2d`` or ``--config path/to.yaml``), then ``--set section.field=value``
+overrides. Every value is type-checked and range-checked before anything runs, and the
+resolved config is saved whole as ``RUN_DIR/config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+from .errors import UserError
+
+VARIANTS = ("dali", "dali-l2", "dali-f", "gan")
+ENCODER_VARIANTS = ("dali", "dali-l2", "dali-f")
+
+
+@dataclass
+class DataConfig:
+    dataset: Literal["grid2d", "mnist", "fashion-mnist", "cifar10", "celeba", "folder"] = "grid2d"
+    """Which dataset family; fixes the sample shape and the metrics that apply."""
+    source: Optional[str] = None
+    """Shard directory (with manifest.json) or shard URL pattern. None for grid2d means
+    samples are drawn on the fly from the exact 25-Gaussian mixture (no files needed)."""
+    resolution: Optional[int] = None
+    """Image side in pixels (28, 32 or 64); None for the 2D mixture."""
+    channels: Optional[int] = None
+    """Image channels (1 or 3); None for the 2D mixture."""
+    num_workers: int = 0
+    """DataLoader worker processes per rank for shard decoding."""
+
+
+@dataclass
+class ModelConfig:
+    variant: Literal["dali", "dali-l2", "dali-f", "gan"] = "dali"
+    """Objective: dali (eq. 9 with learned variance), dali-l2 (identity covariance),
+    dali-f (f-divergence KL game of eq. 8 plus eq. 9), gan (same G and D, no encoder)."""
+    family: Literal["mlp", "dcgan"] = "mlp"
+    """Network family: mlp for the 2D mixture, dcgan for images."""
+    latent_dim: int = 8
+    """Dimension d of z ~ N(0, I_d)."""
+    lambda_e: Optional[float] = None
+    """Weight of the encoder loss L_e in eq. 10; None means 1/d (paper Section 4)."""
+    g_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    """MLP generator hidden widths (mlp family)."""
+    g_norm: Literal["batch", "none"] = "none"
+    """Normalisation after each generator hidden layer (mlp family)."""
+    d_hidden: list[int] = field(default_factory=lambda: [256, 256])
+    """MLP discriminator trunk widths; the last one is the feature size h (mlp family)."""
+    e_hidden: list[int] = field(default_factory=lambda: [256])
+    """Encoder hidden widths on top of D's trunk features (mlp family)."""
+    width: int = 64
+    """Base channel width of the DCGAN family (doubles at each downsampling)."""
+    logvar_min: float = -10.0
+    """Lower clamp of the encoder's log-variance, so 1/sigma^2 stays finite."""
+    logvar_max: float = 6.0
+    """Upper clamp of the encoder's log-variance."""
+
+
+@dataclass
+class OptimConfig:
+    lr_g: float = 2e-4
+    """Adam learning rate of the generator and encoder (stepped together)."""
+    lr_d: float = 2e-4
+    """Adam learning rate of the discriminator."""
+    beta1: float = 0.5
+    """Adam beta1 (the authors use 0.5)."""
+    beta2: float = 0.999
+    """Adam beta2."""
+    schedule: Literal["constant", "cosine", "inv-sqrt-epoch"] = "constant"
+    """Learning-rate schedule: constant; cosine decay to min_lr_ratio over train.steps;
+    inv-sqrt-epoch is the authors' lr/sqrt(epoch+1)."""
+    warmup_steps: int = 0
+    """Linear warm-up steps before the schedule."""
+    min_lr_ratio: float = 0.0
+    """Final learning rate of the cosine schedule, as a fraction of the initial one."""
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    """Run seed: initialisation, z draws and data order derive from it."""
+    steps: int = 10000
+    """Total training iterations of Algorithm 1."""
+    batch_size: int = 256
+    """Global batch size (divided evenly across processes)."""
+    update_order: Literal["alternating", "simultaneous"] = "alternating"
+    """alternating: after D steps, draw a fresh z and forward again for the G+E step (the
+    authors' code). simultaneous: reuse the z, G(z) of the D step (Algorithm 1 as printed)."""
+    d_steps: int = 1
+    """Discriminator updates per generator update."""
+    ema_beta: float = 0.0
+    """Exponential moving average of G and E weights used for export (0 disables)."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast precision for forward passes."""
+    log_every: int = 100
+    """Steps between log lines and RUN_DIR/stats.jsonl records."""
+    sample_every: int = 1000
+    """Steps between sample images written to RUN_DIR/images (0 disables)."""
+    checkpoint_every: int = 2000
+    """Steps between checkpoints (a final one is always written)."""
+    keep_checkpoints: int = 2
+    """Newest complete checkpoints kept; older ones are deleted unless kept by keep_every."""
+    keep_every: int = 0
+    """Also keep every checkpoint whose step is a multiple of this (0 disables)."""
+
+
+@dataclass
+class EvalConfig:
+    num_samples: int = 2500
+    """Generated samples for sample metrics (2,500 for the 2D grid protocol)."""
+    seed: int = 12345
+    """Seed of the evaluation z draws (fixed, so metrics of two checkpoints compare)."""
+    batch_size: int = 500
+    """Generation batch size during evaluation."""
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    name: str = "run"
+    """Run name (defaults to the preset's name)."""
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def lambda_e(self) -> float:
+        return self.model.lambda_e if self.model.lambda_e is not None else 1.0 / self.model.latent_dim
+
+    @property
+    def has_encoder(self) -> bool:
+        return self.model.variant in ENCODER_VARIANTS
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------
+# Validation: one readable message per inconsistent option (DESIGN.md section 5, point 4).
+
+_POSITIVE_INT = {
+    "train.steps", "train.batch_size", "train.d_steps", "train.log_every",
+    "train.checkpoint_every", "train.keep_checkpoints", "model.latent_dim", "model.width",
+    "eval.num_samples", "eval.batch_size",
+}
+_NON_NEGATIVE_INT = {"train.sample_every", "train.keep_every", "optim.warmup_steps", "data.num_workers"}
+
+
+def validate(cfg: Config) -> None:
+    for dotted in _POSITIVE_INT:
+        if _get(cfg, dotted) <= 0:
+            raise UserError(f"config: {dotted} must be a positive integer, got {_get(cfg, dotted)}")
+    for dotted in _NON_NEGATIVE_INT:
+        if _get(cfg, dotted) < 0:
+            raise UserError(f"config: {dotted} must be >= 0, got {_get(cfg, dotted)}")
+    for dotted in ("optim.lr_g", "optim.lr_d"):
+        if not _get(cfg, dotted) > 0:
+            raise UserError(f"config: {dotted} must be > 0, got {_get(cfg, dotted)}")
+    for dotted in ("optim.beta1", "optim.beta2", "train.ema_beta", "optim.min_lr_ratio"):
+        v = _get(cfg, dotted)
+        if not 0.0 <= v < 1.0 and not (dotted == "optim.min_lr_ratio" and v == 1.0):
+            raise UserError(f"config: {dotted} must be in [0, 1), got {v}")
+    if cfg.model.lambda_e is not None and not cfg.model.lambda_e >= 0:
+        raise UserError(f"config: model.lambda_e must be >= 0 or null, got {cfg.model.lambda_e}")
+    if not cfg.model.logvar_min < cfg.model.logvar_max:
+        raise UserError("config: model.logvar_min must be below model.logvar_max")
+    for dotted in ("model.g_hidden", "model.d_hidden", "model.e_hidden"):
+        widths = _get(cfg, dotted)
+        if not widths or any(w <= 0 for w in widths):
+            raise UserError(f"config: {dotted} must be a non-empty list of positive widths, got {widths}")
+
+    is_2d = cfg.data.dataset == "grid2d"
+    if is_2d and cfg.model.family != "mlp":
+        raise UserError("config: data.dataset=grid2d needs model.family=mlp")
+    if not is_2d:
+        if cfg.model.family != "dcgan":
+            raise UserError(f"config: data.dataset={cfg.data.dataset} needs model.family=dcgan")
+        if cfg.data.resolution not in (28, 32, 64):
+            raise UserError(f"config: data.resolution must be 28, 32 or 64 for images, got {cfg.data.resolution}")
+        if cfg.data.channels not in (1, 3):
+            raise UserError(f"config: data.channels must be 1 or 3 for images, got {cfg.data.channels}")
+        if cfg.data.source is None:
+            raise UserError(
+                f"config: data.source is required for {cfg.data.dataset} (a shard directory "
+                "made by `dali-dist prep`, or pass --data DIR)"
+            )
+    if cfg.optim.warmup_steps >= cfg.train.steps:
+        raise UserError(
+            f"config: optim.warmup_steps ({cfg.optim.warmup_steps}) must be below train.steps ({cfg.train.steps})"
+        )
+
+
+def _get(cfg: Any, dotted: str) -> Any:
+    obj = cfg
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+# ----------------------------------------------------------------------------------------
+# Building a Config from nested dicts with type checks and typo hints.
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check (and gently convert) ``value`` against the annotation ``tp``."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin is typing.Union:  # Optional[X]
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], where)
+    if origin is Literal:
+        if value not in args:
+            hint = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
+            extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise UserError(f"config: {where} must be one of {', '.join(map(str, args))}; got {value!r}{extra}")
+        return value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config: {where} must be a list, got {value!r}")
+        return [_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"config: {where} must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise UserError(f"config: {where} must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"config: {where} must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise UserError(f"config: {where} must be a string, got {value!r}")
+        return str(value)
+    raise TypeError(f"unsupported config annotation {tp!r} at {where}")
+
+
+def _unknown_key(key: str, known: list[str], where: str) -> UserError:
+    hint = difflib.get_close_matches(key, known, n=1)
+    extra = f" (did you mean {hint[0]!r}?)" if hint else f" (known: {', '.join(known)})"
+    return UserError(f"config: unknown key {where + key!r}{extra}")
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    if not isinstance(values, dict):
+        raise UserError(f"config: {prefix.rstrip('.') or 'top level'} must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in names:
+            raise _unknown_key(str(key), names, prefix)
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, f"{prefix}{key}.")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
+    return cls(**kwargs)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def preset_names() -> list[str]:
+    files = resources.files("dali_dist") / "configs"
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def _read_yaml(text: str, where: str) -> dict:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        pos = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{where}:{pos} is not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{where}: the top level must be a mapping of sections")
+    return data
+
+
+def load_raw(name_or_path: str) -> tuple[dict, str]:
+    """Return (dict, default run name) for a preset name or a YAML path."""
+    path = Path(name_or_path)
+    if name_or_path in preset_names():
+        text = (resources.files("dali_dist") / "configs" / f"{name_or_path}.yaml").read_text()
+        return _read_yaml(text, f"preset {name_or_path}"), name_or_path
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise UserError(f"{path}: config file not found")
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"{path}: cannot read config ({exc})") from None
+        return _read_yaml(text, str(path)), path.stem
+    hint = difflib.get_close_matches(name_or_path, preset_names(), n=1)
+    extra = f" (did you mean {hint[0]!r}?)" if hint else ""
+    raise UserError(
+        f"config: {name_or_path!r} is neither a preset ({', '.join(preset_names())}) nor a YAML file{extra}"
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], parsed value); values are YAML scalars or lists."""
+    if "=" not in text:
+        raise UserError(f"--set {text!r}: expected section.field=value")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise UserError(f"--set {text!r}: expected section.field=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def load_config(name_or_path: str, overrides: list[str] = (), data: Optional[str] = None) -> Config:
+    raw, default_name = load_raw(name_or_path)
+    raw = _merge({"name": default_name}, raw)
+    for text in overrides:
+        parts, value = parse_override(text)
+        nested: Any = value
+        for part in reversed(parts):
+            nested = {part: nested}
+        raw = _merge(raw, nested)
+    if data is not None:
+        raw = _merge(raw, {"data": {"source": data}})
+    return _build(Config, raw)
+
+
+def config_from_dict(raw: dict) -> Config:
+    """Rebuild a Config saved with a run (checkpoint export, config.yaml)."""
+    return _build(Config, raw)
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

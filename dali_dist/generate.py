@@ -1,0 +1,53 @@
+"""Seeded generation from an exported checkpoint: z of sample i is a function of (seed, i)
+alone, so results do not depend on batch size, device count or global RNG state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import Exported
+from .errors import UserError
+from .seeding import generator
+from .visualize import image_grid_png, to_uint8_images
+
+
+def per_sample_latents(indices, dim: int, seed: int) -> torch.Tensor:
+    return torch.stack([torch.randn(dim, generator=generator("sample", seed, i)) for i in indices])
+
+
+@torch.no_grad()
+def generate(exp: Exported, n: int, *, seed: int, batch_size: int = 500) -> torch.Tensor:
+    """n samples from G as a float CPU tensor ((n, 2) or (n, C, H, W) in [-1, 1])."""
+    device = next(exp.G.parameters()).device
+    out = []
+    for start in range(0, n, batch_size):
+        m = min(batch_size, n - start)
+        z = per_sample_latents(range(start, start + m), exp.cfg.model.latent_dim, seed).to(device)
+        out.append(exp.G(z).float().cpu())
+    return torch.cat(out)
+
+
+def write_samples(samples: torch.Tensor, out: Path, is_2d: bool) -> None:
+    """``.npy``: (N, 2) float32 or (N, H, W, C) uint8; a directory: PNG files (+ grid)."""
+    out = Path(out)
+    if out.suffix == ".npy":
+        arr = samples.numpy().astype(np.float32) if is_2d else to_uint8_images(samples)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp.npy")
+        np.save(tmp, arr)
+        tmp.replace(out)
+        return
+    if is_2d:
+        raise UserError(f"{out}: 2D samples are written as a .npy file")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    from PIL import Image
+
+    out.mkdir(parents=True, exist_ok=True)
+    images = to_uint8_images(samples)
+    for i, img in enumerate(images):
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(out / f"{i:06d}.png")
+    image_grid_png(images[:64], out / "grid.png")

@@ -1,0 +1,293 @@
+"""Train DALI (Algorithm 1) on one CPU, one GPU or many, through Accelerate.
+
+    dali-dist train --config grid2d --run-dir runs/grid
+    python -m dali_dist.train --config mnist --data data/fmnist --set train.steps=2000
+    accelerate launch -m dali_dist.train --config cifar10 --data /shards/cifar10
+    dali-dist train --config grid2d --run-dir runs/grid --resume auto    # continue
+
+Exit codes: 0 finished, 2 bad input, 75 stopped (RUN_DIR/STOP, SIGTERM or SIGUSR1) after a
+checkpoint, to be requeued.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+import typer
+import yaml
+from tqdm import tqdm
+
+from .algorithm import DaliStep, Networks
+from .checkpoint import (
+    TrainState, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint,
+)
+from .cli_util import exits_cleanly
+from .config import Config, dump_yaml, load_config
+from .distributed import make_accelerator, per_rank_batch
+from .ema import EMA
+from .errors import UserError
+from .mixture import GridStream, grid_means
+from .models import build_models
+from .schedule import lr_factor
+from .seeding import latent
+from .visualize import image_grid_png, scatter_png, to_uint8_images
+
+EXIT_REQUEUE = 75
+
+
+class StopRequest:
+    """Set by SIGTERM/SIGUSR1 or by the file RUN_DIR/STOP; acted on at a step boundary."""
+
+    def __init__(self, run_dir: Path):
+        self.stop_file = run_dir / "STOP"
+        self.signalled = False
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signalled = True
+
+    def requested(self) -> bool:
+        return self.signalled or self.stop_file.exists()
+
+
+def make_stream(cfg: Config, rank: int, world_size: int, batch_size: int):
+    if cfg.data.source is None:
+        return GridStream(batch_size=batch_size, seed=cfg.train.seed, rank=rank, world_size=world_size)
+    from .data import TrainStream  # WebDataset is imported only when shards are used
+
+    return TrainStream(
+        cfg.data.source, split="train", batch_size=batch_size, seed=cfg.train.seed,
+        rank=rank, world_size=world_size, num_workers=cfg.data.num_workers,
+    )
+
+
+# Fields a resumed run may change (operational, or extending the run); any other change
+# would silently make the checkpoint mean something else.
+RESUME_MAY_CHANGE = {
+    "name", "data.source", "data.num_workers", "train.steps", "train.log_every", "train.sample_every",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every",
+}
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
+def prepare_run_dir(run_dir: Path, cfg: Config, resuming: bool) -> None:
+    """Create RUN_DIR and save the resolved config; a resumed run must keep its config
+    except for the fields in RESUME_MAY_CHANGE."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    saved = run_dir / "config.yaml"
+    if resuming and saved.exists():
+        before = _flatten(yaml.safe_load(saved.read_text()) or {})
+        after = _flatten(cfg.to_dict())
+        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
+        if refused:
+            raise UserError(
+                f"{saved}: cannot resume with a changed {', '.join(refused)} (only "
+                f"{', '.join(sorted(RESUME_MAY_CHANGE))} may change)"
+            )
+        for k in changed:
+            print(f"resume: {k} changed from {before.get(k)!r} to {after.get(k)!r}")
+    saved.write_text(dump_yaml(cfg))
+    (run_dir / "images").mkdir(exist_ok=True)
+
+
+def write_samples(run_dir: Path, step: int, G, z_fixed: torch.Tensor, is_2d: bool) -> Path:
+    was_training = G.training
+    G.eval()
+    with torch.no_grad():
+        x = G(z_fixed)
+    G.train(was_training)
+    if is_2d:
+        path = run_dir / "images" / f"samples-{step:07d}.png"
+        scatter_png(x.float().cpu().numpy(), path, grid_means().numpy())
+    else:
+        path = run_dir / "images" / f"samples-{step:07d}.png"
+        image_grid_png(to_uint8_images(x), path)
+    return path
+
+
+def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
+    """Run training to ``cfg.train.steps``; returns the process exit code."""
+    # -- setup -------------------------------------------------------------------------------
+    accelerator = make_accelerator(cfg)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    batch = per_rank_batch(cfg, world)
+    ckpt = resolve_resume(run_dir, resume)
+    if resume is None and any((run_dir / "checkpoints").glob("step-*")):
+        raise UserError(f"{run_dir}: already holds checkpoints; pass --resume auto to continue or choose a new --run-dir")
+    if accelerator.is_main_process:
+        prepare_run_dir(run_dir, cfg, resuming=ckpt is not None)
+    accelerator.wait_for_everyone()
+
+    torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
+    G, D, E = build_models(cfg)
+    ge_params = list(G.parameters()) + (list(E.parameters()) if E is not None else [])
+    betas = (cfg.optim.beta1, cfg.optim.beta2)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas)
+    opt_ge = torch.optim.Adam(ge_params, lr=cfg.optim.lr_g, betas=betas)
+    ema_g = EMA(G, cfg.train.ema_beta) if cfg.train.ema_beta > 0 else None
+    ema_e = EMA(E, cfg.train.ema_beta) if cfg.train.ema_beta > 0 and E is not None else None
+
+    state = TrainState()
+    if ckpt is not None:
+        state = load_checkpoint(
+            ckpt,
+            {"G": G, "D": D, "E": E, "G_ema": ema_g and ema_g.shadow, "E_ema": ema_e and ema_e.shadow},
+            {"d": opt_d, "ge": opt_ge},
+        )
+        accelerator.print(f"resumed from {ckpt} at step {state.step}")
+
+    G, D, opt_d, opt_ge = accelerator.prepare(G, D, opt_d, opt_ge)
+    if E is not None:
+        E = accelerator.prepare(E)
+    if ema_g is not None:
+        ema_g.shadow.to(accelerator.device)
+    if ema_e is not None:
+        ema_e.shadow.to(accelerator.device)
+    nets = Networks(G, D, E, opt_d, opt_ge)
+    step_fn = DaliStep(
+        nets, variant=cfg.model.variant, lambda_e=cfg.lambda_e, update_order=cfg.train.update_order,
+        backward=accelerator.backward, autocast=accelerator.autocast,
+    )
+    stream = make_stream(cfg, rank, world, batch)
+    batches = stream.batches(state.batches_consumed)
+    device = accelerator.device
+    d = cfg.model.latent_dim
+    z_fixed = latent(min(cfg.eval.num_samples, 2500) if cfg.data.dataset == "grid2d" else 64, d, "fixed", cfg.train.seed, device=device)
+    stopper = StopRequest(run_dir)
+    base_lrs = (cfg.optim.lr_d, cfg.optim.lr_g)
+    is_2d = cfg.data.dataset == "grid2d"
+    accelerator.print(
+        f"training {cfg.model.variant} on {cfg.data.dataset}: {world} process(es), device {device}, "
+        f"global batch {cfg.train.batch_size} ({batch} per process), steps {state.step}->{cfg.train.steps}"
+    )
+
+    def unwrap(m):
+        return None if m is None else accelerator.unwrap_model(m)
+
+    def checkpoint() -> None:
+        if accelerator.is_main_process:
+            export_g = ema_g.shadow if ema_g else unwrap(G)
+            export_e = ema_e.shadow if ema_e else unwrap(E)
+            save_checkpoint(
+                run_dir, cfg, state,
+                {"G": unwrap(G), "D": unwrap(D), "E": unwrap(E),
+                 "G_ema": ema_g and ema_g.shadow, "E_ema": ema_e and ema_e.shadow},
+                {"d": opt_d, "ge": opt_ge},
+                {"G": export_g, "D": unwrap(D), "E": export_e},
+            )
+            prune_checkpoints(run_dir, cfg.train.keep_checkpoints, cfg.train.keep_every)
+        accelerator.wait_for_everyone()
+
+    # -- the loop: per-step work first, per-tick upkeep after -------------------------------
+    stats_file = open(run_dir / "stats.jsonl", "a") if accelerator.is_main_process else None
+    tick_sums: dict[str, float] = {}
+    tick_n, tick_start, session_start = 0, time.perf_counter(), time.perf_counter()
+    elapsed_before = state.elapsed_s
+    bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not accelerator.is_main_process,
+               dynamic_ncols=True, desc="train")
+    exit_code = 0
+    try:
+        while state.step < cfg.train.steps:
+            # learning rates are a pure function of the step (nothing to save)
+            f = lr_factor(state.step, cfg.train.steps, cfg.optim, stream.batches_per_epoch)
+            for opt, base in zip((opt_d, opt_ge), base_lrs):
+                for group in opt.param_groups:
+                    group["lr"] = base * f
+
+            # one Algorithm 1 iteration: d_steps real batches and d_steps + 1 z draws
+            n_real = cfg.train.d_steps if cfg.train.update_order == "alternating" else 1
+            reals = [next(batches)[0].to(device, non_blocking=True) for _ in range(n_real)]
+            state.batches_consumed += n_real
+            n_z = n_real + 1 if cfg.train.update_order == "alternating" else 1
+            zs = [latent(batch, d, cfg.train.seed, rank, state.step, i, device=device) for i in range(n_z)]
+            stats = step_fn(reals, zs)
+            if ema_g is not None:
+                ema_g.update(unwrap(G))
+                if ema_e is not None:
+                    ema_e.update(unwrap(E))
+            state.step += 1
+            bar.update(1)
+            for k, v in stats.items():
+                tick_sums[k] = tick_sums.get(k, 0.0) + v
+            tick_n += 1
+            if not all(math.isfinite(v) for v in stats.values()):
+                raise RuntimeError(f"non-finite loss at step {state.step}: {stats}; lower the learning rate")
+
+            # per-tick upkeep
+            last = state.step >= cfg.train.steps
+            if state.step % cfg.train.log_every == 0 or last:
+                now = time.perf_counter()
+                record = {"step": state.step, **{k: v / tick_n for k, v in tick_sums.items()},
+                          "lr_g": base_lrs[1] * f, "lr_d": base_lrs[0] * f,
+                          "images_per_s": tick_n * cfg.train.batch_size / max(now - tick_start, 1e-9),
+                          "elapsed_s": elapsed_before + now - session_start}
+                if stats_file:
+                    stats_file.write(json.dumps(record) + "\n")
+                    stats_file.flush()
+                bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss_d", "loss_g", "loss_e") if k in record})
+                tick_sums, tick_n, tick_start = {}, 0, now
+            if accelerator.is_main_process and cfg.train.sample_every and (state.step % cfg.train.sample_every == 0 or last):
+                write_samples(run_dir, state.step, ema_g.shadow if ema_g else unwrap(G), z_fixed, is_2d)
+            state.elapsed_s = elapsed_before + time.perf_counter() - session_start
+            if state.step % cfg.train.checkpoint_every == 0 or last:
+                checkpoint()
+            elif stopper.requested():
+                checkpoint()
+                accelerator.print(f"stop requested: checkpointed step {state.step}, exiting {EXIT_REQUEUE} to be requeued")
+                exit_code = EXIT_REQUEUE
+                break
+    finally:
+        bar.close()
+        if stats_file:
+            stats_file.close()
+    accelerator.end_training()
+    return exit_code
+
+
+def train_command(
+    config: str = typer.Option("grid2d", "--config", "-c", help="Preset name (grid2d, mnist, cifar10, celeba) or a YAML file."),
+    data: Optional[str] = typer.Option(None, "--data", help="Shard directory or URL pattern (sets data.source)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<name>-<time>)."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config field: section.field=value (repeatable)."),
+    resume: Optional[str] = typer.Option(None, "--resume", help="'auto' (newest complete checkpoint) or a checkpoint path."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
+) -> None:
+    """Train DALI (Algorithm 1)."""
+    cfg = load_config(config, overrides, data)
+    if dry_run:
+        typer.echo(dump_yaml(cfg), nl=False)
+        return
+    if run_dir is None:
+        if resume is not None and resume != "auto":
+            run_dir = Path(resume).resolve().parent.parent
+        elif resume == "auto":
+            raise UserError("--resume auto needs --run-dir (the run to continue)")
+        else:
+            run_dir = Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    code = train(cfg, run_dir, resume)
+    raise typer.Exit(code)
+
+
+def main() -> None:
+    exits_cleanly(typer.run)(train_command)
+
+
+if __name__ == "__main__":
+    main()

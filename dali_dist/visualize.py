@@ -1,0 +1,52 @@
+"""Pictures for humans: a 2D scatter against the grid means, and image grids (PNG, via PIL)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+
+def scatter_png(points: np.ndarray, path: Path, means: np.ndarray | None = None,
+                extent: float = 6.0, size: int = 512) -> None:
+    """Samples as blue dots, component means as red crosses, on [-extent, extent]^2."""
+    img = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(img)
+
+    def px(xy):
+        return ((xy[..., 0] + extent) / (2 * extent) * (size - 1),
+                (extent - xy[..., 1]) / (2 * extent) * (size - 1))
+
+    for v in np.linspace(-extent, extent, 7):  # light grid lines every 2 units
+        a, _ = px(np.array([v, 0.0]))
+        draw.line([(a, 0), (a, size)], fill=(230, 230, 230))
+        draw.line([(0, a), (size, a)], fill=(230, 230, 230))
+    xs, ys = px(np.asarray(points, dtype=np.float64))
+    for x, y in zip(xs, ys):
+        draw.point((float(x), float(y)), fill=(30, 80, 200))
+    if means is not None:
+        mx, my = px(np.asarray(means, dtype=np.float64))
+        for x, y in zip(mx, my):
+            draw.line([(x - 4, y), (x + 4, y)], fill=(220, 30, 30))
+            draw.line([(x, y - 4), (x, y + 4)], fill=(220, 30, 30))
+    img.save(path)
+
+
+def to_uint8_images(x) -> np.ndarray:
+    """(N, C, H, W) tensor in [-1, 1] -> (N, H, W, C) uint8."""
+    arr = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return arr.permute(0, 2, 3, 1).numpy()
+
+
+def image_grid_png(images: np.ndarray, path: Path, nrow: int | None = None, pad: int = 2) -> None:
+    """(N, H, W, C) uint8 images tiled into one PNG with ``nrow`` per row."""
+    n, h, w, c = images.shape
+    nrow = nrow or int(np.ceil(np.sqrt(n)))
+    ncol_rows = int(np.ceil(n / nrow))
+    canvas = np.full((ncol_rows * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, nrow)
+        canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = images[i]
+    Image.fromarray(canvas[..., 0] if c == 1 else canvas).save(path)
