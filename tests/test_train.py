@@ -1,0 +1,105 @@
+"""The trainer end to end on the 2D grid: files, exact resume, stop-and-requeue, EMA, bf16."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dali_dist.checkpoint import complete_checkpoints, load_export
+from dali_dist.evaluate import evaluate_checkpoint
+from dali_dist.train import EXIT_REQUEUE, train
+
+
+def weights(ckpt):
+    return {f"{n}.{k}": v for n in ("G", "D", "E") for k, v in load_file(ckpt / f"{n}.safetensors").items()}
+
+
+@pytest.mark.timeout(120)
+def test_run_directory_layout_and_evaluation(tmp_path, tiny_grid_cfg):
+    cfg = tiny_grid_cfg("train.steps=20", "train.sample_every=10")
+    assert train(cfg, tmp_path) == 0
+    assert (tmp_path / "config.yaml").is_file()
+    records = [json.loads(line) for line in (tmp_path / "stats.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [5, 10, 15, 20]
+    assert {"loss_d", "loss_g", "loss_e", "sigma_mean", "images_per_s", "lr_g"} <= set(records[-1])
+    assert sorted(p.name for p in (tmp_path / "images").iterdir()) == ["samples-0000010.png", "samples-0000020.png"]
+    assert [s for s, _ in complete_checkpoints(tmp_path)] == [10, 20]
+    assert not list((tmp_path / "checkpoints").glob(".tmp*"))
+    exp = load_export(tmp_path / "checkpoints" / "step-20")
+    assert exp.meta["step"] == 20 and exp.E is not None
+    m = evaluate_checkpoint(tmp_path / "checkpoints" / "step-20" / "export", ["modes"])
+    assert m["step"] == 20 and m["num_samples"] == 200
+    assert 0 <= m["modes_captured"] <= 25 and 0 <= m["high_quality_pct"] <= 100
+
+
+def stop_after_calls(monkeypatch, n):
+    """Make the trainer see a stop request at its n-th check (one check per non-checkpoint step)."""
+    calls = {"n": 0}
+
+    def requested(self):
+        calls["n"] += 1
+        return calls["n"] >= n
+
+    monkeypatch.setattr("dali_dist.train.StopRequest.requested", requested)
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("order", ["alternating", "simultaneous"])
+def test_resume_reproduces_uninterrupted_run_exactly(tmp_path, tiny_grid_cfg, order, monkeypatch):
+    cfg = tiny_grid_cfg("train.steps=30", f"train.update_order={order}", "train.ema_beta=0.9")
+    assert train(cfg, tmp_path / "a") == 0
+    with monkeypatch.context() as m:
+        stop_after_calls(m, 16)  # steps 1..17 minus the checkpoint step 10: stop at step 17
+        assert train(cfg, tmp_path / "b") == EXIT_REQUEUE
+    assert [s for s, _ in complete_checkpoints(tmp_path / "b")] == [10, 17]
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert train(cfg, tmp_path / "b", resume="auto") == 0
+    a, b = weights(tmp_path / "a/checkpoints/step-30"), weights(tmp_path / "b/checkpoints/step-30")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    for f in ("G_ema.safetensors", "export/G.safetensors", "optim_ge.pt"):
+        if f.endswith(".pt"):
+            ea = torch.load(tmp_path / "a/checkpoints/step-30" / f, weights_only=True)["state"]
+            eb = torch.load(tmp_path / "b/checkpoints/step-30" / f, weights_only=True)["state"]
+            assert all(torch.equal(ea[i]["exp_avg"], eb[i]["exp_avg"]) for i in ea)
+        else:
+            ea = load_file(tmp_path / "a/checkpoints/step-30" / f)
+            eb = load_file(tmp_path / "b/checkpoints/step-30" / f)
+            assert all(torch.equal(ea[k], eb[k]) for k in ea), f
+
+
+@pytest.mark.timeout(120)
+def test_stop_file_checkpoints_and_exits_75(tmp_path, tiny_grid_cfg):
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "STOP").touch()
+    cfg = tiny_grid_cfg("train.steps=50")
+    assert train(cfg, tmp_path) == EXIT_REQUEUE
+    assert [s for s, _ in complete_checkpoints(tmp_path)] == [1]
+
+
+@pytest.mark.timeout(120)
+def test_export_holds_ema_weights_when_enabled(tmp_path, tiny_grid_cfg):
+    cfg = tiny_grid_cfg("train.steps=10", "train.ema_beta=0.5")
+    assert train(cfg, tmp_path) == 0
+    ck = tmp_path / "checkpoints/step-10"
+    live, ema, export = (load_file(ck / f) for f in ("G.safetensors", "G_ema.safetensors", "export/G.safetensors"))
+    assert all(torch.equal(ema[k], export[k]) for k in ema)
+    assert any(not torch.equal(live[k], ema[k]) for k in live if k.endswith("weight"))
+
+
+@pytest.mark.timeout(120)
+def test_bf16_autocast_trains_on_cpu(tmp_path, tiny_grid_cfg):
+    cfg = tiny_grid_cfg("train.steps=10", "train.mixed_precision=bf16")
+    assert train(cfg, tmp_path) == 0
+    rec = json.loads((tmp_path / "stats.jsonl").read_text().splitlines()[-1])
+    assert all(v == v for v in rec.values())  # no NaN
+
+
+@pytest.mark.timeout(120)
+def test_retention_keeps_newest_and_every_kth(tmp_path, tiny_grid_cfg):
+    cfg = tiny_grid_cfg("train.steps=50", "train.checkpoint_every=10", "train.keep_checkpoints=2", "train.keep_every=20")
+    assert train(cfg, tmp_path) == 0
+    assert [s for s, _ in complete_checkpoints(tmp_path)] == [20, 40, 50]
