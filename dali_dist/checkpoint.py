@@ -133,6 +133,13 @@ def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def newest_checkpoint(run_dir: Path) -> Path:
+    ckpts = complete_checkpoints(run_dir)
+    if not ckpts:
+        raise UserError(f"{run_dir}: no complete checkpoint under checkpoints/")
+    return ckpts[-1][1]
+
+
 def prune_checkpoints(run_dir: Path, keep: int, keep_every: int) -> list[Path]:
     """Delete old checkpoints beyond the newest ``keep`` (multiples of keep_every stay)."""
     ckpts = complete_checkpoints(run_dir)

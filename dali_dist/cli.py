@@ -9,10 +9,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 
 from .cli_util import exits_cleanly
+from .errors import UserError
 from .evaluate import evaluate_command
 from .train import train_command
 
@@ -23,7 +25,8 @@ app.command("evaluate")(evaluate_command)
 
 @app.command("sample")
 def sample_command(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="A step-<N>/ folder or its export/."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A step-<N>/ folder or its export/."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Use the newest complete checkpoint of this run."),
     num: int = typer.Option(..., "--num", min=1, help="Number of samples."),
     out: Path = typer.Option(..., "--out", help="FILE.npy ((N, 2) float or (N, H, W, C) uint8) or a directory of PNGs."),
     seed: int = typer.Option(0, "--seed", help="Sample i uses z seeded by (seed, i)."),
@@ -31,9 +34,12 @@ def sample_command(
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Write N generated samples."""
-    from .checkpoint import load_export
+    from .checkpoint import load_export, newest_checkpoint
     from .generate import generate, write_samples
 
+    if (checkpoint is None) == (run_dir is None):
+        raise UserError("give exactly one of --checkpoint or --run-dir")
+    checkpoint = checkpoint or newest_checkpoint(run_dir)
     exp = load_export(checkpoint, device)
     samples = generate(exp, num, seed=seed, batch_size=batch_size)
     write_samples(samples, out, exp.cfg.data.dataset == "grid2d")

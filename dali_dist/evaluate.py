@@ -14,11 +14,10 @@ import json
 from pathlib import Path
 from typing import Callable, Optional
 
-import numpy as np
 import torch
 import typer
 
-from .checkpoint import Exported, complete_checkpoints, load_export
+from .checkpoint import Exported, load_export, newest_checkpoint
 from .cli_util import exits_cleanly
 from .errors import UserError
 from .generate import generate
@@ -60,10 +59,7 @@ def evaluate_command(
     if (checkpoint is None) == (run_dir is None):
         raise UserError("give exactly one of --checkpoint or --run-dir")
     if run_dir is not None:
-        ckpts = complete_checkpoints(run_dir)
-        if not ckpts:
-            raise UserError(f"{run_dir}: no complete checkpoint under checkpoints/")
-        checkpoint = ckpts[-1][1]
+        checkpoint = newest_checkpoint(run_dir)
     result = evaluate_checkpoint(checkpoint, [m.strip() for m in metrics.split(",") if m.strip()], num_samples, device)
     text = json.dumps(result, indent=2)
     if out is not None:

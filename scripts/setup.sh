@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Set up a virtual environment with dali-dist installed (editable).
+#
+#   bash scripts/setup.sh                 # .venv with the package and its test tools
+#   EXTRAS=dev,eval bash scripts/setup.sh # add clean-fid/torchvision for FID
+#   VENV=/path/venv PYTHON=python3.11 bash scripts/setup.sh
+#
+# A torch that is already importable (a GPU cluster's CUDA build, in the venv or in the
+# Python it is made from) is never replaced: everything else is installed under a
+# constraint pinning that exact torch. Only when there is none is TORCH_SPEC installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${VENV:-.venv}
+EXTRAS=${EXTRAS:-dev}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  if "$PYTHON" -c "import torch" >/dev/null 2>&1; then
+    echo "setup: $PYTHON already has torch $("$PYTHON" -c 'import torch; print(torch.__version__)'); the venv will use it"
+    "$PYTHON" -m venv --system-site-packages "$VENV"
+  else
+    "$PYTHON" -m venv "$VENV"
+  fi
+fi
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+
+if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
+  echo "setup: no torch found; installing $TORCH_SPEC"
+  "${PIP[@]}" install "$TORCH_SPEC"
+fi
+TORCH_VERSION=$("$VENV/bin/python" -c "import torch; print(torch.__version__)")
+CONSTRAINT="$VENV/torch-constraint.txt"
+echo "torch==$TORCH_VERSION" > "$CONSTRAINT"
+echo "setup: torch $TORCH_VERSION (pinned); installing dali-dist[$EXTRAS]"
+"${PIP[@]}" install -c "$CONSTRAINT" -e ".[$EXTRAS]"
+echo "setup: done; activate with: source $VENV/bin/activate"
