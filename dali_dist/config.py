@@ -125,12 +125,24 @@ class EvalConfig:
 
 
 @dataclass
+class TrackingConfig:
+    enabled: bool = True
+    """Log to MLflow (from the main process only)."""
+    uri: Optional[str] = None
+    """Tracking URI; None means MLFLOW_TRACKING_URI, else sqlite at <parent of RUN_DIR>/mlflow.db.
+    SQLite on a shared file system is unsafe for concurrent jobs: use a server on clusters."""
+    experiment: Optional[str] = None
+    """MLflow experiment; None means the dataset name."""
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     name: str = "run"
     """Run name (defaults to the preset's name)."""
 

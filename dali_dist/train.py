@@ -23,6 +23,7 @@ import typer
 import yaml
 from tqdm import tqdm
 
+from . import __version__
 from .algorithm import DaliStep, Networks
 from .checkpoint import (
     TrainState, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint,
@@ -36,9 +37,13 @@ from .mixture import GridStream, grid_means
 from .models import build_models
 from .schedule import lr_factor
 from .seeding import latent
+from .tracking import NullTracker, git_info, start_tracking
 from .visualize import image_grid_png, scatter_png, to_uint8_images
 
 EXIT_REQUEUE = 75
+# Learning rates are per-optimizer-step values for the *global* batch in the config: the
+# global batch stays fixed when the world size changes, so the learning rates need no change.
+LR_RULE = "global batch fixed by config; per-device batch = global / world size; lr unchanged"
 
 
 class StopRequest:
@@ -73,6 +78,7 @@ def make_stream(cfg: Config, rank: int, world_size: int, batch_size: int):
 RESUME_MAY_CHANGE = {
     "name", "data.source", "data.num_workers", "train.steps", "train.log_every", "train.sample_every",
     "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every",
+    "tracking.enabled", "tracking.uri", "tracking.experiment",
 }
 
 
@@ -120,6 +126,35 @@ def write_samples(run_dir: Path, step: int, G, z_fixed: torch.Tensor, is_2d: boo
         path = run_dir / "images" / f"samples-{step:07d}.png"
         image_grid_png(to_uint8_images(x), path)
     return path
+
+
+def start_run_tracking(cfg: Config, run_dir: Path, world: int, per_rank: int):
+    """Open the MLflow run (main process). Params are logged once, when the run is created;
+    values a resume may change are tags-free and param-free on purpose."""
+    if not cfg.tracking.enabled:
+        return NullTracker()
+    import accelerate
+    import os
+    import platform
+
+    params = {k: v for k, v in _flatten(cfg.to_dict()).items() if k not in RESUME_MAY_CHANGE}
+    params.update({
+        "global_batch_size": cfg.train.batch_size, "per_device_batch_size": per_rank, "world_size": world,
+        "lr_rule": LR_RULE,
+    })
+    tags = {
+        "variant": cfg.model.variant, "dataset": cfg.data.dataset, "world_size": str(world),
+        "run_dir": str(run_dir.resolve()), "torch_version": torch.__version__,
+        "accelerate_version": accelerate.__version__, "dali_dist_version": __version__,
+        "python_version": platform.python_version(),
+        **git_info(Path(__file__).resolve().parent.parent),
+    }
+    if os.environ.get("SLURM_JOB_ID"):
+        tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
+    return start_tracking(
+        run_dir, uri=cfg.tracking.uri, experiment=cfg.tracking.experiment or cfg.data.dataset,
+        run_name=cfg.name, params=params, tags=tags,
+    )
 
 
 def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
@@ -170,6 +205,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     device = accelerator.device
     d = cfg.model.latent_dim
     z_fixed = latent(min(cfg.eval.num_samples, 2500) if cfg.data.dataset == "grid2d" else 64, d, "fixed", cfg.train.seed, device=device)
+    tracker = start_run_tracking(cfg, run_dir, world, batch) if accelerator.is_main_process else NullTracker()
     stopper = StopRequest(run_dir)
     base_lrs = (cfg.optim.lr_d, cfg.optim.lr_g)
     is_2d = cfg.data.dataset == "grid2d"
@@ -203,6 +239,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not accelerator.is_main_process,
                dynamic_ncols=True, desc="train")
     exit_code = 0
+    status = "FAILED"
     try:
         while state.step < cfg.train.steps:
             # learning rates are a pure function of the step (nothing to save)
@@ -230,9 +267,10 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
             if not all(math.isfinite(v) for v in stats.values()):
                 raise RuntimeError(f"non-finite loss at step {state.step}: {stats}; lower the learning rate")
 
-            # per-tick upkeep
+            # per-tick upkeep (a stop request flushes the tick, checkpoints and leaves)
             last = state.step >= cfg.train.steps
-            if state.step % cfg.train.log_every == 0 or last:
+            stopping = not last and stopper.requested()
+            if state.step % cfg.train.log_every == 0 or last or stopping:
                 now = time.perf_counter()
                 record = {"step": state.step, **{k: v / tick_n for k, v in tick_sums.items()},
                           "lr_g": base_lrs[1] * f, "lr_d": base_lrs[0] * f,
@@ -241,20 +279,23 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
                 if stats_file:
                     stats_file.write(json.dumps(record) + "\n")
                     stats_file.flush()
+                tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step=state.step)
                 bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss_d", "loss_g", "loss_e") if k in record})
                 tick_sums, tick_n, tick_start = {}, 0, now
             if accelerator.is_main_process and cfg.train.sample_every and (state.step % cfg.train.sample_every == 0 or last):
-                write_samples(run_dir, state.step, ema_g.shadow if ema_g else unwrap(G), z_fixed, is_2d)
+                png = write_samples(run_dir, state.step, ema_g.shadow if ema_g else unwrap(G), z_fixed, is_2d)
+                tracker.log_artifact(png, "images")
             state.elapsed_s = elapsed_before + time.perf_counter() - session_start
-            if state.step % cfg.train.checkpoint_every == 0 or last:
+            if state.step % cfg.train.checkpoint_every == 0 or last or stopping:
                 checkpoint()
-            elif stopper.requested():
-                checkpoint()
+            if stopping:
                 accelerator.print(f"stop requested: checkpointed step {state.step}, exiting {EXIT_REQUEUE} to be requeued")
                 exit_code = EXIT_REQUEUE
                 break
+        status = "KILLED" if exit_code == EXIT_REQUEUE else "FINISHED"
     finally:
         bar.close()
+        tracker.close(status)
         if stats_file:
             stats_file.close()
     accelerator.end_training()
@@ -265,11 +306,14 @@ def train_command(
     config: str = typer.Option("grid2d", "--config", "-c", help="Preset name (grid2d, mnist, cifar10, celeba) or a YAML file."),
     data: Optional[str] = typer.Option(None, "--data", help="Shard directory or URL pattern (sets data.source)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Run directory (default runs/<name>-<time>)."),
+    tracking_uri: Optional[str] = typer.Option(None, "--tracking-uri", help="MLflow tracking URI (sets tracking.uri)."),
     overrides: list[str] = typer.Option([], "--set", help="Override a config field: section.field=value (repeatable)."),
     resume: Optional[str] = typer.Option(None, "--resume", help="'auto' (newest complete checkpoint) or a checkpoint path."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved config and exit."),
 ) -> None:
     """Train DALI (Algorithm 1)."""
+    if tracking_uri is not None:
+        overrides = [*overrides, f"tracking.uri={tracking_uri}"]
     cfg = load_config(config, overrides, data)
     if dry_run:
         typer.echo(dump_yaml(cfg), nl=False)

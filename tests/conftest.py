@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_GRID = [
     "model.g_hidden=[32, 32]", "model.g_norm=batch", "model.d_hidden=[32, 32]", "model.e_hidden=[16]",
     "train.batch_size=64", "train.log_every=5", "train.sample_every=0", "train.checkpoint_every=10",
-    "eval.num_samples=200",
+    "eval.num_samples=200", "tracking.enabled=false",
 ]
 
 

@@ -34,7 +34,7 @@ def test_run_directory_layout_and_evaluation(tmp_path, tiny_grid_cfg):
 
 
 def stop_after_calls(monkeypatch, n):
-    """Make the trainer see a stop request at its n-th check (one check per non-checkpoint step)."""
+    """Make the trainer see a stop request at step n (it checks once per step)."""
     calls = {"n": 0}
 
     def requested(self):
@@ -50,7 +50,7 @@ def test_resume_reproduces_uninterrupted_run_exactly(tmp_path, tiny_grid_cfg, or
     cfg = tiny_grid_cfg("train.steps=30", f"train.update_order={order}", "train.ema_beta=0.9")
     assert train(cfg, tmp_path / "a") == 0
     with monkeypatch.context() as m:
-        stop_after_calls(m, 16)  # steps 1..17 minus the checkpoint step 10: stop at step 17
+        stop_after_calls(m, 17)
         assert train(cfg, tmp_path / "b") == EXIT_REQUEUE
     assert [s for s, _ in complete_checkpoints(tmp_path / "b")] == [10, 17]
     from accelerate.state import AcceleratorState

@@ -1,0 +1,176 @@
+"""MLflow tracking from the main process only, through a bounded background queue.
+
+The MLflow client retries a dead server for minutes; if the training loop called it
+directly, the other ranks would sit in their next all-reduce meanwhile. So the loop only
+enqueues, and a worker thread talks to MLflow. When the queue is full the oldest points are
+dropped (the newest are the ones worth keeping) and a warning says how many.
+
+Where runs go: ``tracking.uri``, else ``MLFLOW_TRACKING_URI``, else a SQLite store at
+``<parent of RUN_DIR>/mlflow.db`` with artifacts beside it in ``mlartifacts/``. SQLite on a
+shared file system is unsafe for concurrent jobs: clusters should point at a server.
+
+The run id is written to ``RUN_DIR/mlflow_run_id`` as soon as the run exists, so a resumed
+or requeued job (even one stopped before its first checkpoint) logs to the same run.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+from .errors import UserError
+
+QUEUE_SIZE = 10_000
+RUN_ID_FILE = "mlflow_run_id"
+
+
+def resolve_uri(configured: Optional[str], run_dir: Path) -> tuple[str, Optional[Path]]:
+    """(tracking URI, local artifact root or None when the server decides)."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri, None
+    root = Path(run_dir).resolve().parent
+    return f"sqlite:///{root / 'mlflow.db'}", root / "mlartifacts"
+
+
+def probe_server(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast with one line when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+            if resp.status != 200:
+                raise UserError(f"tracking server {uri} answered /health with HTTP {resp.status}")
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(f"tracking server {uri} did not answer within {timeout:.0f} s ({reason})") from None
+
+
+def git_info(repo: Path) -> dict[str, str]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if commit.returncode != 0:
+        return {}
+    return {"git_commit": commit.stdout.strip(), "git_dirty": str(bool(dirty.stdout.strip())).lower()}
+
+
+class NullTracker:
+    """What non-main ranks (and runs with tracking off) hold: every call does nothing."""
+
+    run_id: Optional[str] = None
+
+    def log_metrics(self, metrics: dict, step: int) -> None: ...
+    def log_artifact(self, path: Path, artifact_path: str = "") -> None: ...
+    def close(self, status: str = "FINISHED") -> None: ...
+
+
+class MlflowTracker(NullTracker):
+    def __init__(self, client, run_id: str):
+        self.client, self.run_id = client, run_id
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_SIZE)
+        self._dropped = 0
+        self._failures = 0
+        self._thread = threading.Thread(target=self._work, name="mlflow-logger", daemon=True)
+        self._thread.start()
+
+    # -- called from the training loop: never blocks on the network -----------------------
+    def _put(self, item) -> None:
+        while True:
+            try:
+                self._queue.put_nowait(item)
+                return
+            except queue.Full:
+                try:
+                    self._queue.get_nowait()  # drop the oldest point, keep the newest
+                    self._dropped += 1
+                except queue.Empty:
+                    pass
+
+    def log_metrics(self, metrics: dict, step: int) -> None:
+        self._put(("metrics", {k: float(v) for k, v in metrics.items()}, step, int(time.time() * 1000)))
+
+    def log_artifact(self, path: Path, artifact_path: str = "") -> None:
+        self._put(("artifact", str(path), artifact_path))
+
+    def close(self, status: str = "FINISHED", timeout: float = 30.0) -> None:
+        self._put(("close", status))
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            print(f"warning: MLflow did not take the last points within {timeout:.0f} s", file=sys.stderr)
+        if self._dropped:
+            print(f"warning: {self._dropped} tracking points were dropped while MLflow was unreachable", file=sys.stderr)
+
+    # -- the worker thread -----------------------------------------------------------------
+    def _work(self) -> None:
+        from mlflow.entities import Metric
+
+        while True:
+            item = self._queue.get()
+            try:
+                if item[0] == "metrics":
+                    _, metrics, step, ts = item
+                    self.client.log_batch(self.run_id, metrics=[Metric(k, v, ts, step) for k, v in metrics.items()])
+                elif item[0] == "artifact":
+                    self.client.log_artifact(self.run_id, item[1], item[2] or None)
+                else:
+                    self.client.set_terminated(self.run_id, status=item[1])
+                    return
+            except Exception as exc:  # noqa: BLE001 - tracking must never stop training
+                self._failures += 1
+                if self._failures in (1, 10, 100) or self._failures % 1000 == 0:
+                    print(f"warning: MLflow logging failed ({self._failures}x): {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}; training continues", file=sys.stderr)
+
+
+def start_tracking(
+    run_dir: Path,
+    *,
+    uri: Optional[str],
+    experiment: str,
+    run_name: str,
+    params: dict[str, object],
+    tags: dict[str, str],
+) -> MlflowTracker:
+    """Create (or, when RUN_DIR/mlflow_run_id exists, reopen) the MLflow run."""
+    uri, artifact_root = resolve_uri(uri, run_dir)
+    probe_server(uri)
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter
+    from mlflow.entities import Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    id_file = Path(run_dir) / RUN_ID_FILE
+    if id_file.is_file():
+        run_id = id_file.read_text().strip()
+        client.update_run(run_id, status="RUNNING")
+        client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        return MlflowTracker(client, run_id)
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        location = (artifact_root / experiment).as_uri() if artifact_root else None
+        exp_id = client.create_experiment(experiment, artifact_location=location)
+    else:
+        exp_id = exp.experiment_id
+    run = client.create_run(exp_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()})
+    run_id = run.info.run_id
+    tmp = id_file.with_name(id_file.name + ".tmp")
+    tmp.write_text(run_id + "\n")
+    tmp.replace(id_file)  # before anything else can fail, so a requeued job finds its run
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    for i in range(0, len(items), 100):  # MLflow's per-request parameter limit
+        client.log_batch(run_id, params=items[i:i + 100])
+    return MlflowTracker(client, run_id)

@@ -1,0 +1,136 @@
+"""MNIST-format idx files (MNIST, Fashion-MNIST) -> shards.
+
+    python -m data_prep.mnist --source /usr/share/datasets/fashion-mnist --out data/fmnist
+    dali-dist prep mnist --source DIR --out DIR [--resolution 28] [--encoding png|raw]
+
+``--source`` is a folder holding ``train-images-idx3-ubyte``, ``train-labels-idx1-ubyte``,
+``t10k-images-idx3-ubyte`` and ``t10k-labels-idx1-ubyte``, each optionally gzipped (``.gz``).
+Splits: train (60,000) and test (10,000), labels 0-9, one channel. Keys are the image's
+index in its idx file (``00042``). ``--resolution`` other than 28 resizes with LANCZOS.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+from pathlib import Path
+
+import numpy as np
+import typer
+
+from dali_dist.errors import UserError
+
+from . import common
+from .shards import Source, build
+
+FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+IMAGES_MAGIC, LABELS_MAGIC = 2051, 2049  # 0x00000803 (uint8, 3 dims), 0x00000801 (uint8, 1 dim)
+
+
+def find_file(root: Path, stem: str) -> Path:
+    for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    raise UserError(f"{root}: missing {stem}[.gz] (an MNIST-format folder needs train-* and t10k-* idx files)")
+
+
+def read_idx(path: Path, magic: int) -> np.ndarray:
+    """An idx file (gzip or not) as a uint8 array; checks the magic number and the size."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(2)
+        opener = gzip.open if head == b"\x1f\x8b" else open
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UserError(f"{path}: truncated or corrupt gzip ({exc})") from None
+    if len(data) < 8:
+        raise UserError(f"{path}: too short for an idx file ({len(data)} bytes)")
+    got = int.from_bytes(data[:4], "big")
+    if got != magic:
+        raise UserError(f"{path}: not an idx {'image' if magic == IMAGES_MAGIC else 'label'} file "
+                        f"(magic number {got:#010x}, expected {magic:#010x})")
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    start = 4 + 4 * ndim
+    need = int(np.prod(dims))
+    if len(data) - start != need:
+        raise UserError(f"{path}: holds {len(data) - start} data bytes, its header ({'x'.join(map(str, dims))}) says {need}"
+                        + (" (truncated)" if len(data) - start < need else ""))
+    return np.frombuffer(data, np.uint8, offset=start).reshape(dims)
+
+
+class MnistSource(Source):
+    kind = "image"
+    channels = 1
+    num_classes = 10
+
+    def __init__(self, root: Path, resolution: int = 28, name: str | None = None):
+        root = common.require_exists(Path(root))
+        if not root.is_dir():
+            raise UserError(f"{root}: --source must be the folder holding the idx files")
+        if resolution < 1:
+            raise UserError(f"--resolution must be >= 1, got {resolution}")
+        self.root, self.resolution = root, resolution
+        self.dataset = name or ("fashion-mnist" if "fashion" in str(root.resolve()).lower() else "mnist")
+        self.files = {s: (find_file(root, a), find_file(root, b)) for s, (a, b) in FILES.items()}
+        self.data = {}
+        for split, (fi, fl) in self.files.items():
+            x, y = read_idx(fi, IMAGES_MAGIC), read_idx(fl, LABELS_MAGIC)
+            if x.ndim != 3:
+                raise UserError(f"{fi}: images must have 3 dimensions, found {x.ndim}")
+            if y.ndim != 1:
+                raise UserError(f"{fl}: labels must have 1 dimension, found {y.ndim}")
+            if len(x) != len(y):
+                raise UserError(f"{fl}: {len(y)} labels for {len(x)} images in {fi.name}")
+            if y.size and y.max() > 9:
+                raise UserError(f"{fl}: label {int(y.max())} is not in 0-9")
+            self.data[split] = (x, y)
+
+    def source_info(self) -> dict:
+        paths = [p for pair in self.files.values() for p in pair]
+        digest, per = common.combined_sha256(paths)
+        return {"path": str(self.root), "sha256": digest, "files": per}
+
+    def options(self) -> dict:
+        return {"resolution": self.resolution, "resample": common.RESAMPLE_NAME, "name": self.dataset}
+
+    def splits(self) -> dict:
+        return {s: list(range(len(x))) for s, (x, _) in self.data.items()}
+
+    def load(self, split, i):
+        x, y = self.data[split]
+        return f"{i:05d}", common.resize_array(x[i][:, :, None], self.resolution), int(y[i])
+
+
+def command(
+    source: Path = typer.Option(..., "--source", help="Folder with train-*/t10k-* idx files (gzip or not)."),
+    out: Path = typer.Option(..., "--out", help="Output shard directory."),
+    resolution: int = typer.Option(28, "--resolution", help="Side in pixels (28 keeps the originals; else LANCZOS resize)."),
+    name: str = typer.Option(None, "--name", help="Dataset name in the manifest: mnist or fashion-mnist (default: guessed from the path)."),
+    encoding: str = typer.Option("png", "--encoding", help="png (lossless, small) or raw (binary PGM/PPM: uncompressed uint8, fastest to decode)."),
+    shard_size: int = typer.Option(5000, "--shard-size", help="Samples per shard."),
+    workers: int = typer.Option(common.default_workers(), "--workers", help="Processes encoding shards."),
+    force: bool = typer.Option(False, "--force", help="Rebuild every shard."),
+    max_corrupt: int = typer.Option(100, "--max-corrupt", help="Fail when more inputs than this are corrupt."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+) -> None:
+    """MNIST-format idx files (MNIST, Fashion-MNIST) -> WebDataset shards."""
+    if name is not None and name not in ("mnist", "fashion-mnist"):
+        raise UserError(f"--name must be mnist or fashion-mnist, got {name!r}")
+    src = MnistSource(source, resolution, name)
+    build(src, out, shard_size=shard_size, workers=workers, encoding=encoding, force=force,
+          max_corrupt=max_corrupt, progress=not quiet)
+
+
+def main() -> None:
+    from .cli import run_single
+
+    run_single(command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,362 @@
+"""The shard writer shared by every source: deterministic tars, atomic shards, resumable runs.
+
+A source (cifar10.py, celeba.py, ...) describes *what* to write: its splits as ordered lists
+of item references, and how to load one item. ``build()`` decides *how*: it cuts each split
+into shards of ``shard_size`` samples, encodes and writes them (in ``workers`` processes),
+and writes ``DIR/manifest.json`` last (see dali_dist/manifest.py for its fields).
+
+Guarantees:
+* Byte-identical shards for the same input and options: members in a fixed order, tar
+  headers with mtime 0, uid/gid 0, no user names, mode 0644; PNGs without timestamps; the
+  train split's order is a fixed permutation (``SHUFFLE_SEED``) so each shard is a random
+  sample of the split (test/valid splits keep the source's order).
+* Each shard is written to ``.shard-NNNNNN.tar.tmp.<pid>`` and renamed when complete; a
+  crashed run leaves only hidden temporary names, which the next run removes.
+* ``.prep-state.json`` records each finished shard (count, sha256, size) under a
+  fingerprint of the source checksum and options; a re-run re-hashes and keeps the shards
+  that match and writes only the rest. ``force=True`` rebuilds everything. A finished
+  directory whose manifest has another fingerprint is refused without ``force``.
+* Corrupt inputs are skipped, counted, listed in the manifest, and the run fails once more
+  than ``max_corrupt`` were seen.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import sys
+import tarfile
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from dali_dist import __version__
+from dali_dist.errors import UserError
+from dali_dist.manifest import FORMAT, FORMAT_VERSION, MANIFEST_NAME, check_manifest, sha256_file, sha256_json, write_json_atomic
+
+STATE_NAME = ".prep-state.json"
+SHUFFLE_SEED = 20240527
+PNG_COMPRESS_LEVEL = 6  # zlib level: deterministic for a given zlib; 6 is PIL's default
+ENCODINGS = ("png", "raw")
+_REC = 512
+_RECORDSIZE = 20 * 512  # tarfile's record size: archives are padded to a multiple of it
+
+
+class Source:
+    """What a source module provides (duck-typed; subclasses fill these in)."""
+
+    dataset: str = "unknown"
+    kind: str = "image"  # or "points"
+    resolution: Optional[int] = None
+    channels: Optional[int] = None
+    num_classes: Optional[int] = None
+    shuffle_train: bool = True
+
+    def source_info(self) -> dict:  # {"path": ..., "sha256": ..., ...}
+        raise NotImplementedError
+
+    def options(self) -> dict:  # the options that change the output
+        return {}
+
+    def splits(self) -> dict[str, list]:  # split -> ordered item references (picklable, small)
+        raise NotImplementedError
+
+    def load(self, split: str, item) -> tuple[str, Any, int]:
+        """(key, uint8 HxWxC array or None when the input is corrupt, label). For points:
+        (key, (xy float32 (n, 2), labels int64 (n,)), 0)."""
+        raise NotImplementedError
+
+    def item_count(self, split: str, item) -> int:
+        return 1
+
+
+# ------------------------------------------------------------------------------------------
+# Encoding and tar writing
+# ------------------------------------------------------------------------------------------
+
+
+def encode_image(arr: np.ndarray, encoding: str) -> tuple[str, bytes]:
+    """uint8 (H, W, C) -> (extension, bytes). "raw" is binary PGM (grey) / PPM (RGB): a
+    14-byte text header and the pixels, readable by any image library, decodable with one
+    ``numpy.frombuffer``."""
+    h, w, c = arr.shape
+    if encoding == "raw":
+        head = b"P6" if c == 3 else b"P5"
+        return ("ppm" if c == 3 else "pgm"), head + b"\n%d %d\n255\n" % (w, h) + np.ascontiguousarray(arr).tobytes()
+    from PIL import Image
+
+    im = Image.fromarray(arr[:, :, 0] if c == 1 else arr, "L" if c == 1 else "RGB")
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return "png", buf.getvalue()
+
+
+def npy_bytes(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _tar_header(name: str, size: int) -> bytes:
+    ti = tarfile.TarInfo(name)
+    ti.size, ti.mtime, ti.mode, ti.uid, ti.gid, ti.uname, ti.gname = size, 0, 0o644, 0, 0, "", ""
+    return ti.tobuf(format=tarfile.USTAR_FORMAT, encoding="utf-8", errors="strict")
+
+
+class TarWriter:
+    """Minimal deterministic tar writer that hashes what it writes."""
+
+    def __init__(self, f):
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def _w(self, b: bytes):
+        self.f.write(b)
+        self.h.update(b)
+        self.n += len(b)
+
+    def add(self, name: str, data: bytes):
+        self._w(_tar_header(name, len(data)))
+        self._w(data)
+        pad = -len(data) % _REC
+        if pad:
+            self._w(b"\0" * pad)
+
+    def close(self):
+        self._w(b"\0" * (2 * _REC))
+        pad = -self.n % _RECORDSIZE
+        if pad:
+            self._w(b"\0" * pad)
+
+
+# ------------------------------------------------------------------------------------------
+# One shard (runs in a worker process)
+# ------------------------------------------------------------------------------------------
+
+_SOURCE: Optional[Source] = None
+
+
+def _init_worker(source: Source):
+    global _SOURCE
+    _SOURCE = source
+    try:
+        import torch
+
+        torch.set_num_threads(1)
+    except Exception:  # pragma: no cover
+        pass
+
+
+def write_shard(split: str, name: str, items: list, path: str, encoding: str) -> dict:
+    src = _SOURCE
+    final = Path(path)
+    tmp = final.with_name(f".{final.name}.tmp.{os.getpid()}")
+    count, bad = 0, []
+    try:
+        with open(tmp, "wb") as f:
+            tw = TarWriter(f)
+            for item in items:
+                key, data, label = src.load(split, item)
+                if data is None:
+                    bad.append(key)
+                    continue
+                if src.kind == "points":
+                    xy, cls = data
+                    tw.add(f"{key}.xy.npy", npy_bytes(xy.astype("<f4")))
+                    tw.add(f"{key}.cls.npy", npy_bytes(cls.astype("<i8")))
+                    count += len(xy)
+                else:
+                    ext, blob = encode_image(data, encoding)
+                    tw.add(f"{key}.{ext}", blob)
+                    tw.add(f"{key}.cls", str(int(label)).encode())
+                    count += 1
+            tw.close()
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return {"name": name, "count": count, "sha256": tw.h.hexdigest(), "size": tw.n, "bad": bad}
+
+
+# ------------------------------------------------------------------------------------------
+# The whole build
+# ------------------------------------------------------------------------------------------
+
+
+def plan_shards(source: Source, shard_size: int) -> dict[str, list[tuple[str, list]]]:
+    """split -> [(shard name relative to DIR, [items])]; the train split in a fixed random order."""
+    plan = {}
+    for split, items in source.splits().items():
+        items = list(items)
+        if split == "train" and source.shuffle_train:
+            random.Random(SHUFFLE_SEED).shuffle(items)
+        shards, cur, n = [], [], 0
+        for it in items:
+            cur.append(it)
+            n += source.item_count(split, it)
+            if n >= shard_size:
+                shards.append(cur)
+                cur, n = [], 0
+        if cur:
+            shards.append(cur)
+        plan[split] = [(f"{split}/shard-{i:06d}.tar", s) for i, s in enumerate(shards)]
+    return plan
+
+
+def _owned_files(out: Path, splits) -> list[Path]:
+    """Files this tool may delete: shards, temporaries, the manifest and the state file."""
+    files = [p for p in (out / MANIFEST_NAME, out / STATE_NAME) if p.exists()]
+    for split in splits:
+        d = out / split
+        if d.is_dir():
+            files += [p for p in d.iterdir() if p.is_file() and p.name.startswith(("shard-", ".shard-")) and ".tar" in p.name]
+    files += [p for p in out.glob(".*.tmp.*") if p.is_file()]
+    return files
+
+
+def build(source: Source, out, *, shard_size: int, workers: int = 1, encoding: str = "png",
+          force: bool = False, max_corrupt: int = 100, progress: bool = True) -> dict:
+    """Write the shards and manifest for ``source`` into ``out``; return the manifest."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    if shard_size < 1:
+        raise UserError(f"--shard-size must be >= 1, got {shard_size}")
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    if source.kind == "image" and encoding not in ENCODINGS:
+        raise UserError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    if source.kind == "points":
+        encoding = "npy"
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+
+    src_info = source.source_info()
+    options = {"shard_size": shard_size, "encoding": encoding, **source.options()}
+    fingerprint = sha256_json({"format_version": FORMAT_VERSION, "tool_version": __version__, "dataset": source.dataset,
+                               "source_sha256": src_info["sha256"], "options": options})
+    plan = plan_shards(source, shard_size)
+    out.mkdir(parents=True, exist_ok=True)
+
+    # What is already there.
+    old_manifest = _load_json(out / MANIFEST_NAME)
+    if old_manifest is not None and old_manifest.get("fingerprint") != fingerprint and not force:
+        raise UserError(f"{out}: holds shards prepared from another source or other options "
+                        f"(dataset {old_manifest.get('dataset')!r}); pass --force to rebuild")
+    if force:
+        for p in _owned_files(out, plan):
+            p.unlink()
+    for p in _owned_files(out, plan):  # leftovers of crashed runs
+        if p.name.startswith(".") and ".tmp." in p.name:
+            p.unlink()
+    done: dict[str, dict] = {}
+    for prev in (old_manifest, _load_json(out / STATE_NAME)):
+        if prev and prev.get("fingerprint") == fingerprint:
+            if "splits" in prev:  # a finished manifest: per split lists
+                for s in prev["splits"].values():
+                    done.update({sh["name"]: {**sh, "bad": sh.get("skipped", [])} for sh in s.get("shards", [])})
+            else:
+                done.update(prev.get("shards", {}))
+    state = {"fingerprint": fingerprint, "shards": {}}
+    jobs = []
+    for split, shards in plan.items():
+        (out / split).mkdir(exist_ok=True)
+        for name, items in shards:
+            prev = done.get(name)
+            p = out / name
+            if prev and p.is_file() and p.stat().st_size == prev.get("size") and sha256_file(p) == prev.get("sha256"):
+                state["shards"][name] = prev
+            else:
+                jobs.append((split, name, items, str(p), encoding))
+    # Shards from an earlier, larger plan are stale.
+    planned = {n for shards in plan.values() for n, _ in shards}
+    for p in _owned_files(out, plan):
+        rel = f"{p.parent.name}/{p.name}"
+        if p.name.startswith("shard-") and rel not in planned:
+            p.unlink()
+    if (out / MANIFEST_NAME).exists() and jobs:
+        (out / MANIFEST_NAME).unlink()  # the manifest is written last, only when all shards are there
+
+    todo = sum(source.item_count(j[0], it) for j in jobs for it in j[2])
+    unit = "pt" if source.kind == "points" else "img"
+    bar = tqdm(total=todo, unit=unit, unit_scale=True, desc=f"{source.dataset} -> {out}", file=sys.stderr,
+               disable=not progress or not jobs, dynamic_ncols=True)
+    n_bad = sum(len(e.get("bad", [])) for e in state["shards"].values())
+
+    def finished(entry: dict, items: int):
+        nonlocal n_bad
+        state["shards"][entry["name"]] = entry
+        write_json_atomic(out / STATE_NAME, state)
+        bar.update(items)
+        n_bad += len(entry["bad"])
+        if n_bad > max_corrupt:
+            first = [k for e in state["shards"].values() for k in e.get("bad", [])][:3]
+            raise UserError(f"{src_info['path']}: {n_bad} corrupt or missing images (more than --max-corrupt "
+                            f"{max_corrupt}), e.g. {', '.join(first)}")
+
+    try:
+        if workers == 1 or len(jobs) <= 1:
+            _init_worker(source)
+            for job in jobs:
+                finished(write_shard(*job), sum(source.item_count(job[0], it) for it in job[2]))
+        else:
+            with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_init_worker,
+                                     initargs=(source,)) as pool:
+                pending = {pool.submit(write_shard, *job): job for job in jobs}
+                try:
+                    while pending:
+                        ready, _ = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in ready:
+                            job = pending.pop(fut)
+                            finished(fut.result(), sum(source.item_count(job[0], it) for it in job[2]))
+                except BaseException:
+                    for fut in pending:
+                        fut.cancel()
+                    raise
+    finally:
+        bar.close()
+
+    # Every shard is there: the manifest, written last.
+    splits = {}
+    skipped = []
+    for split, shards in plan.items():
+        entries = [state["shards"][name] for name, _ in shards]
+        skipped += [k for e in entries for k in e.get("bad", [])]
+        splits[split] = {"count": sum(e["count"] for e in entries),
+                         "shards": [{**{k: e[k] for k in ("name", "count", "sha256", "size")},
+                                     **({"skipped": e["bad"]} if e.get("bad") else {})} for e in entries]}
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": __version__,
+        "dataset": source.dataset, "kind": source.kind, "resolution": source.resolution,
+        "channels": source.channels, "encoding": encoding, "num_classes": source.num_classes,
+        "splits": splits, "source": src_info, "options": options, "fingerprint": fingerprint,
+        "skipped": {"count": len(skipped), "keys": skipped[:1000]},
+    }
+    check_manifest(manifest, str(out / MANIFEST_NAME))
+    write_json_atomic(out / MANIFEST_NAME, manifest)
+    (out / STATE_NAME).unlink(missing_ok=True)
+    if progress:
+        counts = ", ".join(f"{s} {v['count']}" for s, v in splits.items())
+        msg = f"{out}: {source.dataset} {counts} in {sum(len(v['shards']) for v in splits.values())} shards"
+        msg += f" ({len(jobs)} written, {sum(len(v['shards']) for v in splits.values()) - len(jobs)} kept)"
+        if skipped:
+            msg += f"; skipped {len(skipped)} corrupt or missing input(s)"
+        print(msg, file=sys.stderr)
+    return manifest
+
+
+def _load_json(path: Path) -> Optional[dict]:
+    import json
+
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+        return obj if isinstance(obj, dict) else None
+    except (OSError, ValueError):
+        return None

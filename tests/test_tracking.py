@@ -1,0 +1,49 @@
+"""MLflow tracking: local SQLite default, params once, metrics with steps, images, resume into
+the same run, and a clear error for a tracking server that does not answer."""
+
+import socket
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dali_dist.errors import UserError
+from dali_dist.train import EXIT_REQUEUE, train
+from tests.test_train import stop_after_calls
+
+
+@pytest.mark.timeout(180)
+def test_run_logged_to_local_store_and_resumed_into_same_run(tmp_path, tiny_grid_cfg, monkeypatch):
+    run = tmp_path / "runs" / "a"
+    cfg = tiny_grid_cfg("tracking.enabled=true", "train.steps=20", "train.sample_every=10")
+    with monkeypatch.context() as m:
+        stop_after_calls(m, 13)
+        assert train(cfg, run) == EXIT_REQUEUE
+    run_id = (run / "mlflow_run_id").read_text().strip()
+    from accelerate.state import AcceleratorState
+    AcceleratorState._reset_state(reset_partial_state=True)
+    assert train(cfg, run, resume="auto") == 0
+    assert (run / "mlflow_run_id").read_text().strip() == run_id
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    r = client.get_run(run_id)
+    assert r.info.status == "FINISHED"
+    assert r.data.params["model.variant"] == "dali" and r.data.params["world_size"] == "1"
+    assert "train.steps" not in r.data.params  # may change on resume: not a param
+    assert r.data.tags["dataset"] == "grid2d"
+    steps = [m.step for m in client.get_metric_history(run_id, "loss_d")]
+    assert steps == [5, 10, 13, 15, 20]
+    arts = [a.path for a in client.list_artifacts(run_id, "images")]
+    assert "images/samples-0000010.png" in arts and "images/samples-0000020.png" in arts
+    assert (tmp_path / "runs" / "mlartifacts").is_dir()
+
+
+def test_dead_server_fails_fast_with_one_line(tmp_path, tiny_grid_cfg):
+    with socket.socket() as s:  # a loopback port with nothing listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cfg = tiny_grid_cfg("tracking.enabled=true", f"tracking.uri=http://127.0.0.1:{port}", "train.steps=5")
+    t0 = time.time()
+    with pytest.raises(UserError, match=f"tracking server http://127.0.0.1:{port} did not answer"):
+        train(cfg, tmp_path / "run")
+    assert time.time() - t0 < 30
