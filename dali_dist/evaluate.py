@@ -22,6 +22,7 @@ from .cli_util import exits_cleanly
 from .errors import UserError
 from .generate import generate
 from .metrics.modes import mode_metrics
+from .tracking import attach_metrics
 
 
 def _modes(exp: Exported, num_samples: Optional[int]) -> dict:
@@ -35,16 +36,19 @@ def _modes(exp: Exported, num_samples: Optional[int]) -> dict:
 METRICS: dict[str, Callable[[Exported, Optional[int]], dict]] = {"modes": _modes}
 
 
-def evaluate_checkpoint(path: Path, metrics: list[str], num_samples: Optional[int] = None,
-                        device: str = "cpu") -> dict:
+def evaluate_export(exp: Exported, metrics: list[str], num_samples: Optional[int] = None) -> dict:
     unknown = [m for m in metrics if m not in METRICS]
     if unknown:
         raise UserError(f"--metrics: unknown metric(s) {', '.join(unknown)}; available: {', '.join(METRICS)}")
-    exp = load_export(path, device)
-    out: dict = {"step": exp.meta["step"], "checkpoint": str(Path(path).resolve())}
+    out: dict = {"step": exp.meta["step"], "checkpoint": str(exp.path.parent.resolve())}
     for name in metrics:
         out.update(METRICS[name](exp, num_samples))
     return out
+
+
+def evaluate_checkpoint(path: Path, metrics: list[str], num_samples: Optional[int] = None,
+                        device: str = "cpu") -> dict:
+    return evaluate_export(load_export(path, device), metrics, num_samples)
 
 
 def evaluate_command(
@@ -54,13 +58,21 @@ def evaluate_command(
     num_samples: Optional[int] = typer.Option(None, "--num-samples", min=1, help="Generated samples (default: the config's eval.num_samples)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Write metrics JSON here (default: print only)."),
     device: str = typer.Option("cuda" if torch.cuda.is_available() else "cpu", "--device"),
+    track: bool = typer.Option(True, "--track/--no-track", help="Attach the metrics to the training run in MLflow."),
 ) -> None:
     """Compute metrics of a checkpoint and write metrics.json."""
     if (checkpoint is None) == (run_dir is None):
         raise UserError("give exactly one of --checkpoint or --run-dir")
     if run_dir is not None:
         checkpoint = newest_checkpoint(run_dir)
-    result = evaluate_checkpoint(checkpoint, [m.strip() for m in metrics.split(",") if m.strip()], num_samples, device)
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    exp = load_export(checkpoint, device)
+    result = evaluate_export(exp, names, num_samples)
+    ckpt_dir = exp.path.parent  # RUN_DIR/checkpoints/step-<N>
+    if track and ckpt_dir.parent.name == "checkpoints":
+        run_id = attach_metrics(ckpt_dir.parent.parent, exp.cfg.tracking.uri, result, result["step"])
+        if run_id:
+            result["mlflow_run_id"] = run_id
     text = json.dumps(result, indent=2)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -174,3 +174,26 @@ def start_tracking(
     for i in range(0, len(items), 100):  # MLflow's per-request parameter limit
         client.log_batch(run_id, params=items[i:i + 100])
     return MlflowTracker(client, run_id)
+
+
+def attach_metrics(run_dir: Path, configured_uri: Optional[str], metrics: dict, step: int) -> Optional[str]:
+    """Log evaluation metrics to the training run recorded in RUN_DIR/mlflow_run_id.
+
+    Returns the run id, or None when the run was not tracked. Synchronous: the evaluation
+    job has nobody waiting on it.
+    """
+    id_file = Path(run_dir) / RUN_ID_FILE
+    if not id_file.is_file():
+        return None
+    uri, _ = resolve_uri(configured_uri, run_dir)
+    probe_server(uri)
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    run_id = id_file.read_text().strip()
+    ts = int(time.time() * 1000)
+    numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
+    MlflowClient(tracking_uri=uri).log_batch(
+        run_id, metrics=[Metric(f"eval/{k}", v, ts, step) for k, v in numeric.items()]
+    )
+    return run_id

@@ -47,3 +47,17 @@ def test_dead_server_fails_fast_with_one_line(tmp_path, tiny_grid_cfg):
     with pytest.raises(UserError, match=f"tracking server http://127.0.0.1:{port} did not answer"):
         train(cfg, tmp_path / "run")
     assert time.time() - t0 < 30
+
+
+@pytest.mark.timeout(180)
+def test_evaluation_job_attaches_metrics_to_the_training_run(tmp_path, tiny_grid_cfg):
+    from tests.conftest import run_cli
+
+    run = tmp_path / "runs" / "a"
+    assert train(tiny_grid_cfg("tracking.enabled=true", "train.steps=10"), run) == 0
+    r = run_cli("evaluate", "--run-dir", str(run), "--metrics", "modes", "--num-samples", "100")
+    assert r.returncode == 0, r.stderr
+    run_id = (run / "mlflow_run_id").read_text().strip()
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    hist = client.get_metric_history(run_id, "eval/modes_captured")
+    assert [m.step for m in hist] == [10]
