@@ -16,11 +16,13 @@ import typer
 from .cli_util import exits_cleanly
 from .errors import UserError
 from .evaluate import evaluate_command
+from .runs import runs_app
 from .train import train_command
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distributed DALI training pipeline.")
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
+app.add_typer(runs_app, name="runs")
 
 
 @app.command("sample")

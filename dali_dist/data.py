@@ -444,17 +444,26 @@ def _to_grey(arr: np.ndarray):
     return np.asarray(Image.fromarray(arr).convert("L"))[:, :, None]
 
 
-def _collate(recs: list, info_kind: str, shape: tuple, url: str, keys: bool):
+def _collate(recs: list, info_kind: str, shape: tuple, url: str, keys: bool, as_uint8: bool = False):
     y = torch.tensor([r[2] for r in recs], dtype=torch.int64)
     if info_kind == "points":
         x = torch.from_numpy(np.stack([r[1] for r in recs]).astype(np.float32, copy=False))
     else:
-        x = torch.from_numpy(np.ascontiguousarray(_decode_batch(recs, shape, url)))
+        u8 = _decode_batch(recs, shape, url)
+        if as_uint8:
+            x = torch.from_numpy(np.ascontiguousarray(u8))
+        else:
+            # numpy, single-threaded on purpose: torch's intra-op threads in a busy process
+            # can stall on a tiny op; this runs in the worker that decoded the batch.
+            f = u8.astype(np.float32, order="C")
+            f *= np.float32(1 / 127.5)
+            f -= np.float32(1.0)
+            x = torch.from_numpy(f)
     return (x, y, [r[0] for r in recs]) if keys else (x, y)
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images -> float32 in [-1, 1] (works on any device)."""
+    """uint8 images (from ``as_uint8=True``) -> float32 in [-1, 1], on any device."""
     return x.float().mul_(1 / 127.5).sub_(1.0)
 
 
@@ -560,7 +569,7 @@ class _TrainDataset(torch.utils.data.IterableDataset):
             batch = [next(recs) for _ in range(b)]
             if i < skip:
                 continue
-            yield _collate([r for _, r in batch], s["kind"], s["shape"], batch[0][0], keys=False)
+            yield _collate([r for _, r in batch], s["kind"], s["shape"], batch[0][0], False, s["as_uint8"])
 
     def _iter(self):
         s = self.s
@@ -614,6 +623,7 @@ class TrainStream:
             source=str(source), split=split, shards=list(zip(self.info.shards[split], self.info.shard_counts[split])),
             kind=self.info.kind, shape=self.info.shape, batch_size=batch_size, seed=seed, rank=rank,
             world_size=world_size, nw=max(1, num_workers), bpe=batches_per_epoch, shuffle_buffer=shuffle_buffer,
+            as_uint8=as_uint8,
         )
 
     def epoch_of(self, batch_index: int) -> int:
@@ -629,12 +639,10 @@ class TrainStream:
             it = iter(torch.utils.data.DataLoader(
                 ds, batch_size=None, num_workers=self.num_workers, worker_init_fn=_worker_init,
                 pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor, persistent_workers=False))
-        images = self.info.kind == "image"
         for item in it:
             if isinstance(item, _Failure):
                 raise UserError(item.msg)
-            x, y = item
-            yield (x if self.as_uint8 or not images else to_float(x)), y
+            yield item
 
 
 class _EvalDataset(torch.utils.data.IterableDataset):
@@ -653,10 +661,10 @@ class _EvalDataset(torch.utils.data.IterableDataset):
             for url, rec in _read_range(s["shards"], lo, hi, s["kind"]):
                 batch.append(rec)
                 if len(batch) == s["batch_size"]:
-                    yield _collate(batch, s["kind"], s["shape"], url, keys=True)
+                    yield _collate(batch, s["kind"], s["shape"], url, True, s["as_uint8"])
                     batch = []
             if batch:
-                yield _collate(batch, s["kind"], s["shape"], url, keys=True)
+                yield _collate(batch, s["kind"], s["shape"], url, True, s["as_uint8"])
         except UserError as exc:
             yield _Failure(str(exc))
 
@@ -673,15 +681,13 @@ def eval_batches(source, *, split: str = "test", batch_size: int, rank: int = 0,
     if split not in info.splits:
         raise UserError(f"{source}: no split {split!r} (has {', '.join(sorted(info.splits))})")
     spec = dict(shards=list(zip(info.shards[split], info.shard_counts[split])), kind=info.kind, shape=info.shape,
-                batch_size=batch_size, rank=rank, world_size=world_size, nw=max(1, num_workers))
+                batch_size=batch_size, rank=rank, world_size=world_size, nw=max(1, num_workers), as_uint8=as_uint8)
     ds = _EvalDataset(spec)
     if num_workers == 0:
         it = iter(ds)
     else:
         it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init))
-    images = info.kind == "image"
     for item in it:
         if isinstance(item, _Failure):
             raise UserError(item.msg)
-        x, y, keys = item
-        yield (x if as_uint8 or not images else to_float(x)), y, keys
+        yield item

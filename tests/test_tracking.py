@@ -61,3 +61,17 @@ def test_evaluation_job_attaches_metrics_to_the_training_run(tmp_path, tiny_grid
     client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
     hist = client.get_metric_history(run_id, "eval/modes_captured")
     assert [m.step for m in hist] == [10]
+
+
+@pytest.mark.timeout(120)
+def test_runs_compare_lists_runs_with_metrics(tmp_path, tiny_grid_cfg):
+    from tests.conftest import run_cli
+
+    assert train(tiny_grid_cfg("tracking.enabled=true", "train.steps=5", "name=first"), tmp_path / "runs" / "a") == 0
+    r = run_cli("runs", "compare", "--experiment", "grid2d", "--metrics", "loss_d", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].split() == ["run", "variant", "dataset", "status", "loss_d"]
+    assert lines[1].split()[:4] == ["first", "dali", "grid2d", "FINISHED"]
+    r = run_cli("runs", "compare", "--experiment", "nope", cwd=tmp_path)
+    assert r.returncode == 2 and "not found" in r.stderr
