@@ -37,3 +37,22 @@ def per_rank_batch(cfg: Config, world_size: int) -> int:
             f"by the {world_size} processes"
         )
     return cfg.train.batch_size // world_size
+
+
+def replicas_agree(accelerator: Accelerator, modules: dict[str, torch.nn.Module]) -> list[str]:
+    """Names of modules whose weights differ between ranks (empty when all agree).
+
+    DDP keeps replicas identical only if every rank runs the same optimizer steps on the
+    same averaged gradients; a rank that skipped a step alone, or a parameter left out of
+    the reducer, shows up here. Called at every checkpoint (cheap: one small all-gather).
+    """
+    if accelerator.num_processes == 1:
+        return []
+    prints = []
+    for module in modules.values():
+        vec = torch.cat([p.detach().double().flatten() for p in module.parameters()])
+        weights = torch.arange(1, vec.numel() + 1, dtype=torch.float64, device=vec.device).remainder_(97)
+        prints.append(torch.stack([vec.sum(), (vec * weights).sum()]))
+    local = torch.stack(prints).to(accelerator.device)
+    everyone = accelerator.gather(local[None]).reshape(accelerator.num_processes, *local.shape)
+    return [name for i, name in enumerate(modules) if not torch.equal(everyone[:, i], everyone[:1, i].expand_as(everyone[:, i]))]

@@ -30,7 +30,7 @@ from .checkpoint import (
 )
 from .cli_util import exits_cleanly
 from .config import Config, dump_yaml, load_config
-from .distributed import make_accelerator, per_rank_batch
+from .distributed import make_accelerator, per_rank_batch, replicas_agree
 from .ema import EMA
 from .errors import UserError
 from .mixture import GridStream, grid_means
@@ -218,6 +218,9 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
         return None if m is None else accelerator.unwrap_model(m)
 
     def checkpoint() -> None:
+        diverged = replicas_agree(accelerator, {n: unwrap(m) for n, m in (("G", G), ("D", D), ("E", E)) if m is not None})
+        if diverged:
+            raise RuntimeError(f"step {state.step}: weights of {', '.join(diverged)} differ between ranks")
         if accelerator.is_main_process:
             export_g = ema_g.shadow if ema_g else unwrap(G)
             export_e = ema_e.shadow if ema_e else unwrap(E)
