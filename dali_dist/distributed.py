@@ -39,6 +39,13 @@ def per_rank_batch(cfg: Config, world_size: int) -> int:
     return cfg.train.batch_size // world_size
 
 
+def fingerprint(module: torch.nn.Module) -> torch.Tensor:
+    """Two numbers that change when any weight changes or two weights swap places."""
+    vec = torch.cat([p.detach().double().flatten() for p in module.parameters()])
+    weights = torch.arange(1, vec.numel() + 1, dtype=torch.float64, device=vec.device).remainder_(97)
+    return torch.stack([vec.sum(), (vec * weights).sum()])
+
+
 def replicas_agree(accelerator: Accelerator, modules: dict[str, torch.nn.Module]) -> list[str]:
     """Names of modules whose weights differ between ranks (empty when all agree).
 
@@ -48,11 +55,6 @@ def replicas_agree(accelerator: Accelerator, modules: dict[str, torch.nn.Module]
     """
     if accelerator.num_processes == 1:
         return []
-    prints = []
-    for module in modules.values():
-        vec = torch.cat([p.detach().double().flatten() for p in module.parameters()])
-        weights = torch.arange(1, vec.numel() + 1, dtype=torch.float64, device=vec.device).remainder_(97)
-        prints.append(torch.stack([vec.sum(), (vec * weights).sum()]))
-    local = torch.stack(prints).to(accelerator.device)
+    local = torch.stack([fingerprint(m) for m in modules.values()]).to(accelerator.device)
     everyone = accelerator.gather(local[None]).reshape(accelerator.num_processes, *local.shape)
     return [name for i, name in enumerate(modules) if not torch.equal(everyone[:, i], everyone[:1, i].expand_as(everyone[:, i]))]
