@@ -569,7 +569,7 @@ class _TrainDataset(torch.utils.data.IterableDataset):
             batch = [next(recs) for _ in range(b)]
             if i < skip:
                 continue
-            yield _collate([r for _, r in batch], s["kind"], s["shape"], batch[0][0], False, s["as_uint8"])
+            yield _collate([r for _, r in batch], s["kind"], s["shape"], batch[0][0], s["with_keys"], s["as_uint8"])
 
     def _iter(self):
         s = self.s
@@ -592,12 +592,16 @@ class TrainStream:
     batch_size is per rank. ``batches_per_epoch`` defaults to ``N // (batch_size * world_size)``,
     the same on every rank. ``batches(start_batch=k)`` yields what an uninterrupted stream
     yields from its k-th batch on (k counts this rank's batches since the start of training).
+
+    Options: ``shuffle_buffer`` (samples held per worker for shuffling), ``as_uint8`` (yield
+    uint8 images; convert with ``to_float`` on the device), ``with_keys`` (yield
+    ``(x, y, keys)``), ``pin_memory`` and ``prefetch_factor`` (passed to the DataLoader).
     """
 
     def __init__(self, source, *, split: str = "train", batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, batches_per_epoch: Optional[int] = None,
                  shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, as_uint8: bool = False,
-                 pin_memory: bool = False, prefetch_factor: int = 4):
+                 pin_memory: bool = False, prefetch_factor: int = 4, with_keys: bool = False):
         if batch_size < 1:
             raise UserError(f"data: batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
@@ -623,7 +627,7 @@ class TrainStream:
             source=str(source), split=split, shards=list(zip(self.info.shards[split], self.info.shard_counts[split])),
             kind=self.info.kind, shape=self.info.shape, batch_size=batch_size, seed=seed, rank=rank,
             world_size=world_size, nw=max(1, num_workers), bpe=batches_per_epoch, shuffle_buffer=shuffle_buffer,
-            as_uint8=as_uint8,
+            as_uint8=as_uint8, with_keys=with_keys,
         )
 
     def epoch_of(self, batch_index: int) -> int:

@@ -6,13 +6,15 @@
     dali-dist train --config grid2d --run-dir runs/grid --resume auto    # continue
 
 Exit codes: 0 finished, 2 bad input, 75 stopped (RUN_DIR/STOP, SIGTERM or SIGUSR1) after a
-checkpoint, to be requeued.
+checkpoint, to be requeued. Under `accelerate launch` a stopped run exits 0 (the launcher
+would turn 75 into a failure); RUN_DIR/exit_code always holds the trainer's own code.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -134,7 +136,6 @@ def start_run_tracking(cfg: Config, run_dir: Path, world: int, per_rank: int):
     if not cfg.tracking.enabled:
         return NullTracker()
     import accelerate
-    import os
     import platform
 
     params = {k: v for k, v in _flatten(cfg.to_dict()).items() if k not in RESUME_MAY_CHANGE}
@@ -301,6 +302,12 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
         tracker.close(status)
         if stats_file:
             stats_file.close()
+    if accelerator.is_main_process:
+        # Launchers (torchrun under `accelerate launch`) report any non-zero worker exit as
+        # their own exit 1, so batch scripts read the trainer's real verdict from this file.
+        tmp = run_dir / "exit_code.tmp"
+        tmp.write_text(f"{exit_code}\n")
+        tmp.replace(run_dir / "exit_code")
     accelerator.end_training()
     return exit_code
 
@@ -329,6 +336,10 @@ def train_command(
         else:
             run_dir = Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     code = train(cfg, run_dir, resume)
+    if code == EXIT_REQUEUE and os.environ.get("TORCHELASTIC_RUN_ID"):
+        # Under a launcher a non-zero exit becomes a failure with a traceback; exit cleanly
+        # and let RUN_DIR/exit_code (75) tell the batch script to requeue.
+        code = 0
     raise typer.Exit(code)
 
 

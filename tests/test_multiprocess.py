@@ -45,3 +45,13 @@ def test_two_processes_train_agree_and_resume(tmp_path):
 def test_global_batch_must_divide_by_world_size(tmp_path):
     r = launch(tmp_path, "train.steps=5", "train.batch_size=63", port=29563)
     assert r.returncode != 0 and "must divide evenly by the 2 processes" in r.stderr
+
+
+@pytest.mark.timeout(300)
+def test_stop_under_launcher_exits_cleanly_and_records_75(tmp_path):
+    tmp_path.mkdir(exist_ok=True)
+    (tmp_path / "STOP").touch()
+    r = launch(tmp_path, "train.steps=20", port=29564)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "exit_code").read_text() == "75\n"
+    assert (tmp_path / "checkpoints" / "step-1" / "train_state.json").is_file()

@@ -78,6 +78,7 @@ def test_stop_file_checkpoints_and_exits_75(tmp_path, tiny_grid_cfg):
     cfg = tiny_grid_cfg("train.steps=50")
     assert train(cfg, tmp_path) == EXIT_REQUEUE
     assert [s for s, _ in complete_checkpoints(tmp_path)] == [1]
+    assert (tmp_path / "exit_code").read_text() == "75\n"
 
 
 @pytest.mark.timeout(120)
