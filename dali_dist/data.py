@@ -289,7 +289,7 @@ def iter_shard_samples(url: str, skip_keys: int = 0, want_data: bool = True) -> 
         state = {"n": 0, "key": None}
 
         def want(name: str) -> bool:
-            key = name[: name.find(".", name.rfind("/") + 1)] if "." in name else name
+            key = _split_name(name)[0]
             if key != state["key"]:
                 state["key"] = key
                 state["n"] += 1
@@ -335,8 +335,6 @@ def _records(url: str, kind: str, skip: int = 0, limit: Optional[int] = None):
     n = 0
     if kind == "image":
         for s in iter_shard_samples(url, skip_keys=skip):
-            if "__key__" in s and len(s) == 1:
-                continue
             yield s["__key__"], _image_member(s, url), _label(s)
             n += 1
             if limit is not None and n >= limit:
@@ -444,22 +442,30 @@ def _to_grey(arr: np.ndarray):
     return np.asarray(Image.fromarray(arr).convert("L"))[:, :, None]
 
 
-def _collate(recs: list, info_kind: str, shape: tuple, url: str, keys: bool, as_uint8: bool = False):
+def _collate(recs: list, info_kind: str, shape: tuple, url: str, keys: bool):
     y = torch.tensor([r[2] for r in recs], dtype=torch.int64)
     if info_kind == "points":
         x = torch.from_numpy(np.stack([r[1] for r in recs]).astype(np.float32, copy=False))
     else:
-        u8 = _decode_batch(recs, shape, url)
-        if as_uint8:
-            x = torch.from_numpy(np.ascontiguousarray(u8))
-        else:
-            # numpy, single-threaded on purpose: torch's intra-op threads in a busy process
-            # can stall on a tiny op; this runs in the worker that decoded the batch.
-            f = u8.astype(np.float32, order="C")
-            f *= np.float32(1 / 127.5)
-            f -= np.float32(1.0)
-            x = torch.from_numpy(f)
+        # Always uint8 here: workers hand batches to the main process through shared memory,
+        # and float32 is 4x the bytes (measured: that copy, not decoding, limits the rate).
+        x = torch.from_numpy(np.ascontiguousarray(_decode_batch(recs, shape, url)))
     return (x, y, [r[0] for r in recs]) if keys else (x, y)
+
+
+def _finish(item, as_uint8: bool):
+    """In the main process: raise a worker's error, or convert images to float."""
+    if isinstance(item, _Failure):
+        raise UserError(item.msg)
+    x = item[0]
+    if as_uint8 or x.dtype != torch.uint8:
+        return item
+    # numpy, single-threaded on purpose: torch's intra-op pool in a busy process can stall
+    # for milliseconds on a small op.
+    f = x.numpy().astype(np.float32)
+    f *= np.float32(1 / 127.5)
+    f -= np.float32(1.0)
+    return (torch.from_numpy(f), *item[1:])
 
 
 def to_float(x: torch.Tensor) -> torch.Tensor:
@@ -569,7 +575,7 @@ class _TrainDataset(torch.utils.data.IterableDataset):
             batch = [next(recs) for _ in range(b)]
             if i < skip:
                 continue
-            yield _collate([r for _, r in batch], s["kind"], s["shape"], batch[0][0], s["with_keys"], s["as_uint8"])
+            yield _collate([r for _, r in batch], s["kind"], s["shape"], batch[0][0], s["with_keys"])
 
     def _iter(self):
         s = self.s
@@ -644,9 +650,7 @@ class TrainStream:
                 ds, batch_size=None, num_workers=self.num_workers, worker_init_fn=_worker_init,
                 pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor, persistent_workers=False))
         for item in it:
-            if isinstance(item, _Failure):
-                raise UserError(item.msg)
-            yield item
+            yield _finish(item, self.as_uint8)
 
 
 class _EvalDataset(torch.utils.data.IterableDataset):
@@ -665,10 +669,10 @@ class _EvalDataset(torch.utils.data.IterableDataset):
             for url, rec in _read_range(s["shards"], lo, hi, s["kind"]):
                 batch.append(rec)
                 if len(batch) == s["batch_size"]:
-                    yield _collate(batch, s["kind"], s["shape"], url, True, s["as_uint8"])
+                    yield _collate(batch, s["kind"], s["shape"], url, True)
                     batch = []
             if batch:
-                yield _collate(batch, s["kind"], s["shape"], url, True, s["as_uint8"])
+                yield _collate(batch, s["kind"], s["shape"], url, True)
         except UserError as exc:
             yield _Failure(str(exc))
 
@@ -692,6 +696,4 @@ def eval_batches(source, *, split: str = "test", batch_size: int, rank: int = 0,
     else:
         it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init))
     for item in it:
-        if isinstance(item, _Failure):
-            raise UserError(item.msg)
-        yield item
+        yield _finish(item, as_uint8)

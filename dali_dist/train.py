@@ -64,21 +64,55 @@ class StopRequest:
         return self.signalled or self.stop_file.exists()
 
 
-def make_stream(cfg: Config, rank: int, world_size: int, batch_size: int):
-    if cfg.data.source is None:
-        return GridStream(batch_size=batch_size, seed=cfg.train.seed, rank=rank, world_size=world_size)
-    from .data import TrainStream  # WebDataset is imported only when shards are used
+class DeviceBatches:
+    """Real-data batches on the training device, as float in [-1, 1]; counts what it took."""
 
-    return TrainStream(
-        cfg.data.source, split="train", batch_size=batch_size, seed=cfg.train.seed,
-        rank=rank, world_size=world_size, num_workers=cfg.data.num_workers,
-    )
+    def __init__(self, cfg: Config, rank: int, world_size: int, batch_size: int, device: torch.device):
+        if cfg.data.source is None:
+            self.stream = GridStream(batch_size=batch_size, seed=cfg.train.seed, rank=rank, world_size=world_size)
+            self.info = None
+        else:
+            from .data import TrainStream  # shard reading is imported only when shards are used
+
+            self.stream = TrainStream(
+                cfg.data.source, split="train", batch_size=batch_size, seed=cfg.train.seed,
+                rank=rank, world_size=world_size, num_workers=cfg.data.num_workers,
+                as_uint8=True, pin_memory=device.type == "cuda",
+            )
+            self.info = self.stream.info
+            check_data_matches(cfg, self.info)
+        self.device = device
+        self.batches_per_epoch = self.stream.batches_per_epoch
+
+    def start(self, consumed: int):
+        from .data import to_float
+
+        for x, _ in self.stream.batches(consumed):
+            x = x.to(self.device, non_blocking=True)
+            # uint8 crosses the worker pipes and the PCIe bus; convert on the device (DESIGN 3b)
+            yield to_float(x) if x.dtype == torch.uint8 else x
+
+
+def check_data_matches(cfg: Config, info) -> None:
+    """The shards must hold what the model is built for."""
+    src = cfg.data.source
+    if cfg.data.dataset == "grid2d":
+        if info.kind != "points":
+            raise UserError(f"{src}: holds {info.kind} data ({info.dataset}), but data.dataset=grid2d needs 2D points")
+        return
+    if info.kind != "image":
+        raise UserError(f"{src}: holds 2D points, but data.dataset={cfg.data.dataset} needs images")
+    if info.resolution != cfg.data.resolution or info.channels != cfg.data.channels:
+        raise UserError(
+            f"{src}: images are {info.resolution}px with {info.channels} channel(s), but the config says "
+            f"data.resolution={cfg.data.resolution}, data.channels={cfg.data.channels}"
+        )
 
 
 # Fields a resumed run may change (operational, or extending the run); any other change
 # would silently make the checkpoint mean something else.
 RESUME_MAY_CHANGE = {
-    "name", "data.source", "data.num_workers", "train.steps", "train.log_every", "train.sample_every",
+    "name", "data.source", "train.steps", "train.log_every", "train.sample_every",
     "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every",
     "tracking.enabled", "tracking.uri", "tracking.experiment",
 }
@@ -130,7 +164,7 @@ def write_samples(run_dir: Path, step: int, G, z_fixed: torch.Tensor, is_2d: boo
     return path
 
 
-def start_run_tracking(cfg: Config, run_dir: Path, world: int, per_rank: int):
+def start_run_tracking(cfg: Config, run_dir: Path, world: int, per_rank: int, data_info=None):
     """Open the MLflow run (main process). Params are logged once, when the run is created;
     values a resume may change are tags-free and param-free on purpose."""
     if not cfg.tracking.enabled:
@@ -150,6 +184,10 @@ def start_run_tracking(cfg: Config, run_dir: Path, world: int, per_rank: int):
         "python_version": platform.python_version(),
         **git_info(Path(__file__).resolve().parent.parent),
     }
+    if data_info is not None:  # provenance of the shards
+        tags["data_manifest_sha256"] = data_info.manifest_sha256 or "none (URL pattern)"
+        tags["data_source_dataset"] = data_info.dataset
+        tags["data_encoding"] = data_info.encoding
     if os.environ.get("SLURM_JOB_ID"):
         tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     return start_tracking(
@@ -201,12 +239,12 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
         nets, variant=cfg.model.variant, lambda_e=cfg.lambda_e, update_order=cfg.train.update_order,
         backward=accelerator.backward, autocast=accelerator.autocast,
     )
-    stream = make_stream(cfg, rank, world, batch)
-    batches = stream.batches(state.batches_consumed)
     device = accelerator.device
+    data = DeviceBatches(cfg, rank, world, batch, device)
+    batches = data.start(state.batches_consumed)
     d = cfg.model.latent_dim
     z_fixed = latent(min(cfg.eval.num_samples, 2500) if cfg.data.dataset == "grid2d" else 64, d, "fixed", cfg.train.seed, device=device)
-    tracker = start_run_tracking(cfg, run_dir, world, batch) if accelerator.is_main_process else NullTracker()
+    tracker = start_run_tracking(cfg, run_dir, world, batch, data.info) if accelerator.is_main_process else NullTracker()
     stopper = StopRequest(run_dir)
     base_lrs = (cfg.optim.lr_d, cfg.optim.lr_g)
     is_2d = cfg.data.dataset == "grid2d"
@@ -247,14 +285,14 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     try:
         while state.step < cfg.train.steps:
             # learning rates are a pure function of the step (nothing to save)
-            f = lr_factor(state.step, cfg.train.steps, cfg.optim, stream.batches_per_epoch)
+            f = lr_factor(state.step, cfg.train.steps, cfg.optim, data.batches_per_epoch)
             for opt, base in zip((opt_d, opt_ge), base_lrs):
                 for group in opt.param_groups:
                     group["lr"] = base * f
 
             # one Algorithm 1 iteration: d_steps real batches and d_steps + 1 z draws
             n_real = cfg.train.d_steps if cfg.train.update_order == "alternating" else 1
-            reals = [next(batches)[0].to(device, non_blocking=True) for _ in range(n_real)]
+            reals = [next(batches) for _ in range(n_real)]
             state.batches_consumed += n_real
             n_z = n_real + 1 if cfg.train.update_order == "alternating" else 1
             zs = [latent(batch, d, cfg.train.seed, rank, state.step, i, device=device) for i in range(n_z)]

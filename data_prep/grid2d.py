@@ -24,8 +24,8 @@ from dali_dist.manifest import sha256_json
 
 from .shards import Source, build
 
-GRID_VALUES = (-4.0, -2.0, 0.0, 2.0, 4.0)
-STD = 0.05
+from dali_dist.mixture import GRID_STD as STD, GRID_VALUES
+
 SPLIT_IDS = {"train": 0, "test": 1}
 
 

@@ -142,13 +142,7 @@ _SOURCE: Optional[Source] = None
 
 def _init_worker(source: Source):
     global _SOURCE
-    _SOURCE = source
-    try:
-        import torch
-
-        torch.set_num_threads(1)
-    except Exception:  # pragma: no cover
-        pass
+    _SOURCE = source  # inherited through fork: large in-memory sources (CIFAR, MNIST) are not copied
 
 
 def write_shard(split: str, name: str, items: list, path: str, encoding: str) -> dict:

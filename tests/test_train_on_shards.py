@@ -1,0 +1,53 @@
+"""Training reads prepared shards: images (MNIST idx -> shards -> DCGAN-28) and 2D points."""
+
+import json
+
+import pytest
+
+from dali_dist.config import load_config
+from dali_dist.errors import UserError
+from dali_dist.train import train
+from tests._archives import make_mnist
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def mnist_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mnist")
+    make_mnist(root / "raw", n_train=40, n_test=10)
+    r = run_cli("prep", "mnist", "--source", str(root / "raw"), "--out", str(root / "shards"), "--shard-size", "16", "--quiet")
+    assert r.returncode == 0, r.stderr
+    return root / "shards"
+
+
+TINY_IMG = ["model.width=8", "model.latent_dim=8", "train.batch_size=8", "train.log_every=2",
+            "train.sample_every=4", "train.checkpoint_every=4", "tracking.enabled=false", "data.num_workers=0"]
+
+
+@pytest.mark.timeout(180)
+def test_dcgan_trains_on_mnist_shards_and_resumes(tmp_path, mnist_shards):
+    cfg = load_config("mnist", [*TINY_IMG, "train.steps=6"], data=str(mnist_shards))
+    assert train(cfg, tmp_path) == 0
+    rec = json.loads((tmp_path / "stats.jsonl").read_text().splitlines()[-1])
+    assert rec["step"] == 6 and rec["loss_e"] > 0
+    assert (tmp_path / "images" / "samples-0000004.png").is_file()
+    state = json.loads((tmp_path / "checkpoints" / "step-6" / "train_state.json").read_text())
+    assert state["batches_consumed"] == 6  # 40 train images / batch 8 = 5 per epoch: crossed an epoch
+
+
+def test_shards_that_do_not_fit_the_config_are_refused(tmp_path, mnist_shards):
+    cfg = load_config("mnist", [*TINY_IMG, "train.steps=2", "data.resolution=32"], data=str(mnist_shards))
+    with pytest.raises(UserError, match="images are 28px with 1 channel"):
+        train(cfg, tmp_path)
+    cfg = load_config("grid2d", ["train.steps=2", "train.batch_size=8", "tracking.enabled=false"], data=str(mnist_shards))
+    with pytest.raises(UserError, match="needs 2D points"):
+        train(cfg, tmp_path / "b")
+
+
+@pytest.mark.timeout(120)
+def test_grid2d_trains_from_prepared_points(tmp_path):
+    r = run_cli("prep", "grid2d", "--out", str(tmp_path / "g"), "--num-train", "4000", "--num-test", "1000", "--quiet")
+    assert r.returncode == 0, r.stderr
+    cfg = load_config("grid2d", ["train.steps=4", "train.batch_size=64", "tracking.enabled=false",
+                                 "train.sample_every=0"], data=str(tmp_path / "g"))
+    assert train(cfg, tmp_path / "run") == 0
