@@ -13,6 +13,8 @@ from typing import Optional
 
 import typer
 
+from data_prep.cli import prep_app
+
 from .cli_util import exits_cleanly
 from .errors import UserError
 from .evaluate import evaluate_command
@@ -48,12 +50,7 @@ def sample_command(
     typer.echo(f"wrote {num} samples to {out}")
 
 
-try:  # data preparation commands (data_prep/cli.py)
-    from data_prep.cli import prep_app
-except ImportError:  # pragma: no cover - data_prep ships in the same distribution
-    prep_app = None
-if prep_app is not None:
-    app.add_typer(prep_app, name="prep", help="Shard datasets into WebDataset tars.")
+app.add_typer(prep_app, name="prep", help="Shard datasets into WebDataset tars.")
 
 
 def main() -> None:
