@@ -17,8 +17,12 @@ from .errors import UserError
 
 def make_accelerator(cfg: Config) -> Accelerator:
     precision = cfg.train.mixed_precision
-    if precision == "fp16" and not torch.cuda.is_available():
-        raise UserError("config: train.mixed_precision=fp16 needs a CUDA GPU; use bf16 or no on CPU")
+    if precision == "fp16":
+        # Accelerate shares one GradScaler between our two optimizers and D steps before G's
+        # backward; correct fp16 needs per-phase scaling with overflow skips agreed across
+        # ranks (DESIGN.md section 3), which this trainer does not do yet. bf16 needs none.
+        raise UserError("config: train.mixed_precision=fp16 is not supported yet (two optimizers need "
+                        "per-phase loss scaling); use bf16, which needs no loss scaling")
     # D is called twice per step and BatchNorm buffers change in each call: broadcasting
     # buffers from rank 0 at every forward would clobber them mid-step (DESIGN.md section 3).
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
