@@ -1,0 +1,125 @@
+"""``dali-dist encode | reconstruct | interpolate``: inference from the command line.
+
+    dali-dist encode --checkpoint RUN/checkpoints/step-N --split test --out latents.npz
+    dali-dist reconstruct --checkpoint RUN/checkpoints/step-N --num 32 --out recon/
+    dali-dist interpolate --checkpoint RUN/checkpoints/step-N --pairs 8 --steps 10 --out interp/
+
+``--data`` defaults to the shards the model was trained on. Images are written as arrays and
+as PNG grids (originals beside reconstructions; one interpolation path per row).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import typer
+from tqdm import tqdm
+
+from .errors import UserError
+from .inference import DaliModel
+from .visualize import image_grid_png, to_uint8_images
+
+CHECKPOINT = typer.Option(..., "--checkpoint", help="A step-<N>/ folder or its export/.")
+DATA = typer.Option(None, "--data", help="Shard directory or URL pattern (default: the training data).")
+SPLIT = typer.Option("test", "--split", help="Which split to read.")
+DEVICE = typer.Option("cuda" if torch.cuda.is_available() else "cpu", "--device")
+
+
+def _source(model: DaliModel, data: Optional[str]) -> str:
+    source = data or model.exp.cfg.data.source
+    if source is None:
+        raise UserError("--data is required: this model was trained on samples drawn on the fly")
+    return source
+
+
+def _first(model: DaliModel, source: str, split: str, n: int):
+    from .data import eval_batches
+
+    xs, ys = [], []
+    for x, y, _ in eval_batches(source, split=split, batch_size=min(n, 500)):
+        xs.append(x)
+        ys.append(y)
+        if sum(len(b) for b in xs) >= n:
+            break
+    if not xs:
+        raise UserError(f"{source}: split {split!r} is empty")
+    return torch.cat(xs)[:n], torch.cat(ys)[:n]
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def encode_command(
+    checkpoint: Path = CHECKPOINT, data: Optional[str] = DATA, split: str = SPLIT,
+    out: Path = typer.Option(..., "--out", help="Output .npz: codes (mu), sigmas, labels, keys."),
+    batch_size: int = typer.Option(500, "--batch-size", min=1), device: str = DEVICE,
+) -> None:
+    """Encode a whole split: mu(x) and sigma(x) for every sample."""
+    from .data import describe, eval_batches
+
+    model = DaliModel.load(checkpoint, device, batch_size)
+    source = _source(model, data)
+    total = describe(source, split).splits.get(split)
+    codes, sigmas, labels, keys = [], [], [], []
+    with tqdm(total=total, desc=f"encode {split}", unit="img") as bar:
+        for x, y, k in eval_batches(source, split=split, batch_size=batch_size):
+            mu, sigma = model.encode(x)
+            codes.append(mu.cpu().numpy())
+            sigmas.append(sigma.cpu().numpy())
+            labels.append(y.numpy())
+            keys.extend(k)
+            bar.update(len(x))
+    _save_npz(out, codes=np.concatenate(codes), sigmas=np.concatenate(sigmas),
+              labels=np.concatenate(labels), keys=np.array(keys))
+    typer.echo(f"wrote {sum(len(c) for c in codes)} codes ({model.latent_dim}-d) to {out}")
+
+
+def reconstruct_command(
+    checkpoint: Path = CHECKPOINT, data: Optional[str] = DATA, split: str = SPLIT,
+    num: int = typer.Option(32, "--num", min=1, help="How many samples (the first of the split)."),
+    out: Path = typer.Option(..., "--out", help="Output directory: reconstructions.npz and grid.png."),
+    device: str = DEVICE,
+) -> None:
+    """Reconstruct G(mu(x)); the grid shows each original beside its reconstruction."""
+    model = DaliModel.load(checkpoint, device)
+    x, y = _first(model, _source(model, data), split, num)
+    rec = model.reconstruct(x).cpu()
+    out.mkdir(parents=True, exist_ok=True)
+    if len(model.shape) == 3:
+        orig_u8, rec_u8 = to_uint8_images(x), to_uint8_images(rec)
+        _save_npz(out / "reconstructions.npz", originals=orig_u8, reconstructions=rec_u8, labels=y.numpy())
+        pairs = np.stack([orig_u8, rec_u8], axis=1).reshape(-1, *orig_u8.shape[1:])
+        image_grid_png(pairs, out / "grid.png", nrow=16)
+    else:
+        _save_npz(out / "reconstructions.npz", originals=x.numpy(), reconstructions=rec.numpy(), labels=y.numpy())
+    typer.echo(f"wrote {len(x)} reconstructions to {out}")
+
+
+def interpolate_command(
+    checkpoint: Path = CHECKPOINT, data: Optional[str] = DATA, split: str = SPLIT,
+    pairs: int = typer.Option(8, "--pairs", min=1, help="Paths between consecutive samples of the split."),
+    steps: int = typer.Option(10, "--steps", min=2, help="Points on each path, endpoints included."),
+    out: Path = typer.Option(..., "--out", help="Output directory: interpolations.npz and grid.png."),
+    device: str = DEVICE,
+) -> None:
+    """Decode straight lines between the codes of pairs of real samples."""
+    model = DaliModel.load(checkpoint, device)
+    x, _ = _first(model, _source(model, data), split, 2 * pairs)
+    if len(x) < 2 * pairs:
+        raise UserError(f"split {split!r} has {len(x)} samples, fewer than the {2 * pairs} that --pairs {pairs} needs")
+    paths = torch.stack([model.interpolate(x[2 * i], x[2 * i + 1], steps).cpu() for i in range(pairs)])
+    out.mkdir(parents=True, exist_ok=True)
+    if len(model.shape) == 3:
+        u8 = to_uint8_images(paths.reshape(-1, *model.shape))
+        _save_npz(out / "interpolations.npz", paths=u8.reshape(pairs, steps, *u8.shape[1:]))
+        image_grid_png(u8, out / "grid.png", nrow=steps)
+    else:
+        _save_npz(out / "interpolations.npz", paths=paths.numpy())
+    typer.echo(f"wrote {pairs} interpolation paths of {steps} steps to {out}")
