@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
-from .losses import adversarial_game, encoder_loss
+from .losses import adversarial_game, ali_d_loss, ali_ge_loss, encoder_loss, gradient_penalty
 
 
 @dataclass
@@ -47,6 +47,8 @@ class DaliStep:
         variant: str,
         lambda_e: float,
         update_order: str,
+        adversarial: str = "gan",
+        gp_weight: float = 10.0,
         backward: Callable[..., None] = None,
         autocast: Callable[[], object] = nullcontext,
     ):
@@ -54,7 +56,8 @@ class DaliStep:
         self.variant = variant
         self.lambda_e = lambda_e
         self.update_order = update_order
-        self.d_loss_fn, self.g_loss_fn = adversarial_game(variant)
+        self.d_loss_fn, self.g_loss_fn = adversarial_game(variant, adversarial)
+        self.gp_weight = gp_weight if adversarial == "wgan-gp" else 0.0
         self.backward = backward or (lambda loss, **kw: loss.backward(**kw))
         self.autocast = autocast
 
@@ -80,7 +83,9 @@ class DaliStep:
 
     # -- the two update orders -------------------------------------------------------------
     def __call__(self, x_real_batches: list[torch.Tensor], z_draws: list[torch.Tensor]) -> dict:
-        if self.update_order == "simultaneous":
+        if self.variant == "ali":
+            stats = self._ali(x_real_batches, z_draws)
+        elif self.update_order == "simultaneous":
             stats = self._simultaneous(x_real_batches[0], z_draws[0])
         else:
             stats = self._alternating(x_real_batches, z_draws)
@@ -99,6 +104,8 @@ class DaliStep:
                 real_logit, _ = n.D(x_real)
                 fake_logit, _ = n.D(x_fake)
             loss_d = self.d_loss_fn(real_logit.float(), fake_logit.float())
+            if self.gp_weight:
+                loss_d = loss_d + self.gp_weight * self._penalty(x_real, x_fake)
             n.opt_d.zero_grad(set_to_none=True)
             self.backward(loss_d)
             n.opt_d.step()
@@ -120,6 +127,55 @@ class DaliStep:
         n.opt_ge.zero_grad(set_to_none=True)
         set_trainable([n.D], True)
         return {**stats, "loss_g": loss_g.detach(), **e_stats}
+
+    def _penalty(self, x_real: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
+        """WGAN-GP on random interpolates between real and generated samples."""
+        eps = torch.rand(len(x_real), *([1] * (x_real.dim() - 1)), device=x_real.device)
+        x_hat = (eps * x_real.detach() + (1 - eps) * x_fake.detach()).requires_grad_(True)
+        with self.autocast():
+            out, _ = self.nets.D(x_hat)
+        (grad,) = torch.autograd.grad(out.float().sum(), x_hat, create_graph=True)
+        return gradient_penalty(grad)
+
+    def _ali(self, x_real_batches, z_draws) -> dict:
+        """ALI/BiGAN (alternating): D tells (x, E(x)) from (G(z), z); then G and E together
+        fool it with swapped labels. E is stochastic: z_hat = mu + sigma * eps."""
+        n = self.nets
+
+        def enc_sample(x):
+            mu, logvar = n.E(x)
+            return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu), logvar
+
+        set_trainable([n.G, n.E], False)
+        set_trainable([n.D], True)
+        for x_real, z in zip(x_real_batches, z_draws[:-1]):
+            with torch.no_grad(), self.autocast():
+                x_fake = n.G(z)
+                z_hat, _ = enc_sample(x_real)
+            with self.autocast():
+                enc_logit, _ = n.D(x_real, z_hat)
+                gen_logit, _ = n.D(x_fake, z)
+            loss_d = ali_d_loss(enc_logit.float(), gen_logit.float())
+            n.opt_d.zero_grad(set_to_none=True)
+            self.backward(loss_d)
+            n.opt_d.step()
+            n.opt_d.zero_grad(set_to_none=True)
+        stats = self._d_stats(enc_logit, gen_logit, loss_d)
+
+        set_trainable([n.D], False)
+        set_trainable([n.G, n.E], True)
+        z = z_draws[-1]
+        with self.autocast():
+            z_hat, logvar = enc_sample(x_real_batches[-1])
+            enc_logit, _ = n.D(x_real_batches[-1], z_hat)
+            gen_logit, _ = n.D(n.G(z), z)
+            loss_ge = ali_ge_loss(enc_logit.float(), gen_logit.float())
+        n.opt_ge.zero_grad(set_to_none=True)
+        self.backward(loss_ge)
+        n.opt_ge.step()
+        n.opt_ge.zero_grad(set_to_none=True)
+        set_trainable([n.D], True)
+        return {**stats, "loss_g": loss_ge.detach(), "sigma_mean": torch.exp(0.5 * logvar.detach().float()).mean()}
 
     def _simultaneous(self, x_real, z) -> dict:
         """Algorithm 1 as printed: one forward; D and (G, E) both step on gradients taken

@@ -20,8 +20,8 @@ import yaml
 
 from .errors import UserError
 
-VARIANTS = ("dali", "dali-l2", "dali-f", "gan")
-ENCODER_VARIANTS = ("dali", "dali-l2", "dali-f")
+VARIANTS = ("dali", "dali-l2", "dali-f", "gan", "ali")
+ENCODER_VARIANTS = ("dali", "dali-l2", "dali-f", "ali")
 
 
 @dataclass
@@ -41,9 +41,15 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    variant: Literal["dali", "dali-l2", "dali-f", "gan"] = "dali"
+    variant: Literal["dali", "dali-l2", "dali-f", "gan", "ali"] = "dali"
     """Objective: dali (eq. 9 with learned variance), dali-l2 (identity covariance),
-    dali-f (f-divergence KL game of eq. 8 plus eq. 9), gan (same G and D, no encoder)."""
+    dali-f (f-divergence KL game of eq. 8 plus eq. 9), gan (same G and D, no encoder),
+    ali (BiGAN/ALI: a joint discriminator on (x, z) pairs; the encoder maps x to z)."""
+    adversarial: Literal["gan", "hinge", "wgan-gp"] = "gan"
+    """Adversarial loss: gan (non-saturating, Algorithm 1), hinge, or wgan-gp (Wasserstein
+    with gradient penalty). dali-f always plays the KL game of eq. 8."""
+    gp_weight: float = 10.0
+    """Gradient-penalty weight for adversarial=wgan-gp."""
     family: Literal["mlp", "dcgan"] = "mlp"
     """Network family: mlp for the 2D mixture, dcgan for images."""
     latent_dim: int = 8
@@ -188,6 +194,18 @@ def validate(cfg: Config) -> None:
             raise UserError(f"config: {dotted} must be in [0, 1), got {v}")
     if cfg.model.lambda_e is not None and not cfg.model.lambda_e >= 0:
         raise UserError(f"config: model.lambda_e must be >= 0 or null, got {cfg.model.lambda_e}")
+    if cfg.model.variant == "dali-f" and cfg.model.adversarial != "gan":
+        raise UserError("config: model.variant=dali-f plays the KL game of eq. 8; leave model.adversarial=gan")
+    if cfg.model.variant == "ali" and cfg.model.adversarial != "gan":
+        raise UserError("config: model.variant=ali supports model.adversarial=gan only")
+    if cfg.model.variant == "ali" and cfg.train.update_order != "alternating":
+        raise UserError("config: model.variant=ali needs train.update_order=alternating")
+    if cfg.model.adversarial == "wgan-gp" and cfg.train.update_order != "alternating":
+        raise UserError("config: model.adversarial=wgan-gp needs train.update_order=alternating")
+    if not cfg.model.gp_weight >= 0:
+        raise UserError(f"config: model.gp_weight must be >= 0, got {cfg.model.gp_weight}")
+    if cfg.train.update_order == "simultaneous" and cfg.train.d_steps != 1:
+        raise UserError("config: train.update_order=simultaneous takes train.d_steps=1")
     if not cfg.model.logvar_min < cfg.model.logvar_max:
         raise UserError("config: model.logvar_min must be below model.logvar_max")
     for dotted in ("model.g_hidden", "model.d_hidden", "model.e_hidden"):

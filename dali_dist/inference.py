@@ -22,6 +22,7 @@ import torch
 from .checkpoint import Exported, load_export
 from .errors import UserError
 from .generate import per_sample_latents
+from .models import encode
 from .seeding import generator
 
 
@@ -65,7 +66,7 @@ class DaliModel:
         x = self._check_images(x)
 
         def one(b):
-            mu, logvar = self.exp.E(self.exp.D(b)[1])
+            mu, logvar = encode(self.exp.cfg.model.variant, self.exp.D, self.exp.E, b)
             if self.exp.cfg.model.variant == "dali-l2":
                 return mu, torch.ones_like(mu)
             return mu, torch.exp(0.5 * logvar)

@@ -61,12 +61,49 @@ def g_loss_kl(fake_out: torch.Tensor) -> torch.Tensor:
     return -fake_out.mean()
 
 
+def d_loss_hinge(real_logit: torch.Tensor, fake_logit: torch.Tensor) -> torch.Tensor:
+    """Hinge loss (Lim & Ye 2017; SN-GAN): E[relu(1 - D(x))] + E[relu(1 + D(G(z)))]."""
+    return F.relu(1.0 - real_logit).mean() + F.relu(1.0 + fake_logit).mean()
+
+
+def g_loss_hinge(fake_logit: torch.Tensor) -> torch.Tensor:
+    """Hinge generator loss: -E[D(G(z))]."""
+    return -fake_logit.mean()
+
+
+def d_loss_wgan(real_out: torch.Tensor, fake_out: torch.Tensor) -> torch.Tensor:
+    """WGAN critic loss E[D(G(z))] - E[D(x)]; the gradient penalty is added by the trainer."""
+    return fake_out.mean() - real_out.mean()
+
+
+def g_loss_wgan(fake_out: torch.Tensor) -> torch.Tensor:
+    return -fake_out.mean()
+
+
+def gradient_penalty(grad: torch.Tensor) -> torch.Tensor:
+    """WGAN-GP (Gulrajani et al. 2017): E[(||grad_x D(x_hat)||_2 - 1)^2] on interpolates."""
+    return (grad.flatten(1).norm(2, dim=1) - 1.0).pow(2).mean()
+
+
 ADVERSARIAL = {
     "gan": (d_loss_gan, g_loss_gan),
+    "hinge": (d_loss_hinge, g_loss_hinge),
+    "wgan-gp": (d_loss_wgan, g_loss_wgan),
     "kl": (d_loss_kl, g_loss_kl),
 }
 
 
-def adversarial_game(variant: str) -> tuple:
+def adversarial_game(variant: str, adversarial: str = "gan") -> tuple:
     """The (d_loss, g_loss) pair a model variant plays."""
-    return ADVERSARIAL["kl" if variant == "dali-f" else "gan"]
+    return ADVERSARIAL["kl" if variant == "dali-f" else adversarial]
+
+
+def ali_d_loss(enc_logit: torch.Tensor, gen_logit: torch.Tensor) -> torch.Tensor:
+    """ALI/BiGAN: D tells encoder pairs (x, E(x)) (label 1) from generator pairs (G(z), z) (0)."""
+    return d_loss_gan(enc_logit, gen_logit)
+
+
+def ali_ge_loss(enc_logit: torch.Tensor, gen_logit: torch.Tensor) -> torch.Tensor:
+    """ALI's G and E with swapped labels (the non-saturating form of Dumoulin et al.)."""
+    return F.binary_cross_entropy_with_logits(enc_logit, torch.zeros_like(enc_logit)) + \
+        F.binary_cross_entropy_with_logits(gen_logit, torch.ones_like(gen_logit))

@@ -148,9 +148,69 @@ def _dcgan_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+# ----------------------------------------------------------------------------------------
+# ALI / BiGAN: a joint discriminator on (x, z) and an encoder that reads x itself
+
+class JointDiscriminator(nn.Module):
+    """D(x, z): x features (the family's trunk) and z features, joined by an MLP."""
+
+    def __init__(self, x_trunk: nn.Module, x_dim: int, latent_dim: int, hidden: int):
+        super().__init__()
+        self.features = x_trunk
+        self.z_net = nn.Sequential(nn.Linear(latent_dim, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden), nn.LeakyReLU(0.2))
+        self.joint = nn.Sequential(nn.Linear(x_dim + hidden, hidden), nn.LeakyReLU(0.2))
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.joint(torch.cat([self.features(x).flatten(1), self.z_net(z)], dim=1))
+        return self.head(h).squeeze(1), h
+
+
+class StandaloneEncoder(nn.Module):
+    """An encoder with its own trunk on x (ALI), instead of reading D's features."""
+
+    def __init__(self, trunk: nn.Module, heads: nn.Module):
+        super().__init__()
+        self.trunk, self.heads = trunk, heads
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.heads(self.trunk(x))
+
+
+def encode(variant: str, D: nn.Module, E: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, logvar) of q(z|x): DALI's encoder reads D's trunk features; ALI's reads x."""
+    if variant == "ali":
+        return E(x)
+    return E(D(x)[1])
+
+
+def _build_ali(cfg: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
+    m = cfg.model
+    logvar_range = (m.logvar_min, m.logvar_max)
+    if m.family == "mlp":
+        G = MLPGenerator(m.latent_dim, m.g_hidden, m.g_norm)
+        x_trunk = MLPDiscriminator(m.d_hidden).features
+        D = JointDiscriminator(x_trunk, m.d_hidden[-1], m.latent_dim, m.d_hidden[-1])
+        e_trunk = MLPDiscriminator(m.d_hidden).features
+        E = StandaloneEncoder(e_trunk, MLPEncoder(m.d_hidden[-1], m.e_hidden, m.latent_dim, logvar_range))
+        return G, D, E
+    res, ch = cfg.data.resolution, cfg.data.channels
+    G = DCGANGenerator(m.latent_dim, res, ch, m.width)
+    ref = DCGANDiscriminator(res, ch, m.width)
+    flat = ref.feature_shape[0] * ref.feature_shape[1] * ref.feature_shape[2]
+    D = JointDiscriminator(ref.features, flat, m.latent_dim, 512)
+    e_ref = DCGANDiscriminator(res, ch, m.width)
+    E = StandaloneEncoder(e_ref.features, ConvEncoder(e_ref.feature_shape, m.latent_dim, logvar_range))
+    for net in (G, D, E):
+        net.apply(_dcgan_init)
+    return G, D, E
+
+
 def build_models(cfg: Config) -> tuple[nn.Module, nn.Module, nn.Module | None]:
     """(G, D, E) for a config; E is None for the encoder-free ``gan`` variant."""
     m = cfg.model
+    if m.variant == "ali":
+        return _build_ali(cfg)
     logvar_range = (m.logvar_min, m.logvar_max)
     if m.family == "mlp":
         G = MLPGenerator(m.latent_dim, m.g_hidden, m.g_norm)

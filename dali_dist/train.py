@@ -237,6 +237,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     nets = Networks(G, D, E, opt_d, opt_ge)
     step_fn = DaliStep(
         nets, variant=cfg.model.variant, lambda_e=cfg.lambda_e, update_order=cfg.train.update_order,
+        adversarial=cfg.model.adversarial, gp_weight=cfg.model.gp_weight,
         backward=accelerator.backward, autocast=accelerator.autocast,
     )
     device = accelerator.device

@@ -13,7 +13,7 @@ from dali_dist.models import build_models
 LR = 0.05
 
 
-def make(variant="dali", order="alternating", seed=0):
+def make(variant="dali", order="alternating", seed=0, adversarial="gan", gp_weight=10.0):
     torch.manual_seed(seed)
     cfg = Config()
     cfg.model.variant = variant
@@ -24,7 +24,7 @@ def make(variant="dali", order="alternating", seed=0):
     G, D, E = build_models(cfg)
     ge_params = list(G.parameters()) + (list(E.parameters()) if E is not None else [])
     nets = Networks(G, D, E, torch.optim.SGD(D.parameters(), lr=LR), torch.optim.SGD(ge_params, lr=LR))
-    step = DaliStep(nets, variant=variant, lambda_e=1 / 3, update_order=order)
+    step = DaliStep(nets, variant=variant, lambda_e=1 / 3, update_order=order, adversarial=adversarial, gp_weight=gp_weight)
     return cfg, nets, step
 
 
@@ -148,3 +148,38 @@ def test_l2_variant_uses_no_variance():
     stats = step([x], [z1, z2])
     mu, _ = nets.E(nets.D(nets.G(z2))[1])
     assert "sigma_mean" not in stats and stats["loss_e"] > 0
+
+
+def test_ali_phases_route_gradients_to_their_networks():
+    _, nets, step = make(variant="ali")
+    g0, d0, e0 = snap(nets.G), snap(nets.D), snap(nets.E)
+    seen = {}
+    d_step, ge_step = nets.opt_d.step, nets.opt_ge.step
+
+    def on_d_step():
+        seen["ge_grads"] = [p.grad for p in list(nets.G.parameters()) + list(nets.E.parameters())]
+        d_step()
+
+    def on_ge_step():
+        seen["d_grads"] = [p.grad for p in nets.D.parameters()]
+        seen["D_before"] = snap(nets.D)
+        seen["E_grad"] = sum(p.grad.abs().sum().item() for p in nets.E.parameters())
+        ge_step()
+
+    nets.opt_d.step, nets.opt_ge.step = on_d_step, on_ge_step
+    x, z1, z2 = batch()
+    stats = step([x], [z1, z2])
+    assert all(g is None for g in seen["ge_grads"]) and all(g is None for g in seen["d_grads"])
+    assert same(seen["D_before"], snap(nets.D)) and seen["E_grad"] > 0
+    assert not same(snap(nets.D), d0) and not same(snap(nets.G), g0) and not same(snap(nets.E), e0)
+    assert stats["loss_d"] > 0
+
+
+def test_wgan_gp_adds_the_penalty_to_the_critic_loss():
+    x, z1, z2 = batch()
+    losses = []
+    for gp in (10.0, 0.0):
+        _, _, step = make(adversarial="wgan-gp", gp_weight=gp)  # same seed: same networks
+        torch.manual_seed(5)  # same interpolation weights
+        losses.append(step([x], [z1, z2])["loss_d"])
+    assert losses[0] > losses[1]  # the penalty is non-negative and, at initialisation, positive

@@ -65,3 +65,31 @@ def test_eq9_gradient_matches_closed_form(zmu):
     gaussian_nll(z, mu, logvar).sum().backward()
     torch.testing.assert_close(mu.grad, -(z - mu.detach()) * torch.exp(-logvar.detach()))
     torch.testing.assert_close(logvar.grad, 0.5 - 0.5 * (z - mu.detach()) ** 2 * torch.exp(-logvar.detach()))
+
+
+def test_hinge_and_wgan_losses():
+    from dali_dist.losses import d_loss_hinge, d_loss_wgan, g_loss_hinge, g_loss_wgan
+
+    real = torch.tensor([2.0, 0.5, -1.0])
+    fake = torch.tensor([-2.0, 0.0, 1.5])
+    # hand: relu(1 - real) = [0, .5, 2] -> mean 5/6; relu(1 + fake) = [0, 1, 2.5] -> mean 7/6
+    torch.testing.assert_close(d_loss_hinge(real, fake), torch.tensor(5 / 6 + 7 / 6))
+    torch.testing.assert_close(g_loss_hinge(fake), torch.tensor(0.5 / 3))  # -mean([-2, 0, 1.5])
+    torch.testing.assert_close(d_loss_wgan(real, fake), fake.mean() - real.mean())
+    torch.testing.assert_close(g_loss_wgan(fake), -fake.mean())
+
+
+def test_gradient_penalty_is_zero_for_unit_norm_gradients():
+    from dali_dist.losses import gradient_penalty
+
+    g = torch.tensor([[3.0, 4.0], [0.6, 0.8]])  # norms 5 and 1
+    torch.testing.assert_close(gradient_penalty(g), torch.tensor((4.0 ** 2 + 0.0) / 2))
+
+
+def test_ali_losses_are_bce_with_encoder_pairs_real():
+    from dali_dist.losses import ali_d_loss, ali_ge_loss
+
+    enc, gen = torch.tensor([0.3, -1.2]), torch.tensor([0.7, 2.0])
+    s = torch.sigmoid
+    torch.testing.assert_close(ali_d_loss(enc, gen), -torch.log(s(enc)).mean() - torch.log(1 - s(gen)).mean())
+    torch.testing.assert_close(ali_ge_loss(enc, gen), -torch.log(1 - s(enc)).mean() - torch.log(s(gen)).mean())

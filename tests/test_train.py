@@ -104,3 +104,20 @@ def test_retention_keeps_newest_and_every_kth(tmp_path, tiny_grid_cfg):
     cfg = tiny_grid_cfg("train.steps=50", "train.checkpoint_every=10", "train.keep_checkpoints=2", "train.keep_every=20")
     assert train(cfg, tmp_path) == 0
     assert [s for s, _ in complete_checkpoints(tmp_path)] == [20, 40, 50]
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("sets", [
+    ["model.variant=dali-l2"], ["model.variant=dali-f"], ["model.variant=gan"], ["model.variant=ali"],
+    ["model.adversarial=hinge"], ["model.adversarial=wgan-gp"],
+])
+def test_every_variant_trains_checkpoints_and_evaluates(tmp_path, tiny_grid_cfg, sets):
+    cfg = tiny_grid_cfg("train.steps=10", *sets)
+    assert train(cfg, tmp_path) == 0
+    exp = load_export(tmp_path / "checkpoints" / "step-10")
+    assert (exp.E is None) == (cfg.model.variant == "gan")
+    m = evaluate_checkpoint(tmp_path / "checkpoints" / "step-10", ["modes"])
+    assert m["num_samples"] == 200
+    if exp.E is not None:
+        from dali_dist.inference import DaliModel
+        assert DaliModel(exp).reconstruct(torch.zeros(3, 2)).shape == (3, 2)
