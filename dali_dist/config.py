@@ -63,7 +63,7 @@ class ModelConfig:
     d_hidden: list[int] = field(default_factory=lambda: [256, 256])
     """MLP discriminator trunk widths; the last one is the feature size h (mlp family)."""
     e_hidden: list[int] = field(default_factory=lambda: [256])
-    """Encoder hidden widths on top of D's trunk features (mlp family)."""
+    """Encoder hidden widths on top of D's trunk features (mlp family); [] means linear heads."""
     width: int = 64
     """Base channel width of the DCGAN family (doubles at each downsampling)."""
     logvar_min: float = -10.0
@@ -210,7 +210,7 @@ def validate(cfg: Config) -> None:
         raise UserError("config: model.logvar_min must be below model.logvar_max")
     for dotted in ("model.g_hidden", "model.d_hidden", "model.e_hidden"):
         widths = _get(cfg, dotted)
-        if not widths or any(w <= 0 for w in widths):
+        if (not widths and dotted != "model.e_hidden") or any(w <= 0 for w in widths):
             raise UserError(f"config: {dotted} must be a non-empty list of positive widths, got {widths}")
 
     is_2d = cfg.data.dataset == "grid2d"

@@ -57,9 +57,10 @@ class MLPEncoder(nn.Module):
 
     def __init__(self, feature_dim: int, hidden: list[int], latent_dim: int, logvar_range: tuple[float, float]):
         super().__init__()
-        self.body = _mlp([feature_dim, *hidden], lambda: nn.LeakyReLU(0.2))
-        self.mu = nn.Linear(hidden[-1], latent_dim)
-        self.logvar = nn.Linear(hidden[-1], latent_dim)
+        self.body = _mlp([feature_dim, *hidden], lambda: nn.LeakyReLU(0.2))  # empty: linear heads
+        width = hidden[-1] if hidden else feature_dim
+        self.mu = nn.Linear(width, latent_dim)
+        self.logvar = nn.Linear(width, latent_dim)
         self.logvar_range = logvar_range
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
