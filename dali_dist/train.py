@@ -36,9 +36,9 @@ from .distributed import make_accelerator, per_rank_batch, replicas_agree
 from .ema import EMA
 from .errors import UserError
 from .mixture import GridStream, grid_means
-from .models import build_models
+from .models import build_models, encode
 from .schedule import lr_factor
-from .seeding import latent
+from .seeding import derive_seed, latent
 from .tracking import NullTracker, git_info, start_tracking
 from .visualize import image_grid_png, scatter_png, to_uint8_images
 
@@ -149,6 +149,36 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resuming: bool) -> None:
     (run_dir / "images").mkdir(exist_ok=True)
 
 
+def fixed_test_batch(cfg: Config, n: int = 32) -> Optional[torch.Tensor]:
+    """The first n test images, for reconstruction grids (None without image shards/encoder)."""
+    if cfg.data.source is None or cfg.model.family != "dcgan" or not cfg.has_encoder:
+        return None
+    from .data import describe, eval_batches
+
+    if "test" not in describe(cfg.data.source, "test").splits:
+        return None
+    for x, _, _ in eval_batches(cfg.data.source, split="test", batch_size=n):
+        return x[:n]
+    return None
+
+
+def write_reconstructions(run_dir: Path, step: int, cfg: Config, G, D, E, x: torch.Tensor) -> Path:
+    """Originals beside their reconstructions G(mu(x)), in pairs of columns."""
+    nets = [m for m in (G, D, E)]
+    modes = [m.training for m in nets]
+    for m in nets:
+        m.eval()
+    with torch.no_grad():
+        mu, _ = encode(cfg.model.variant, D, E, x)
+        rec = G(mu)
+    for m, was in zip(nets, modes):
+        m.train(was)
+    pairs = torch.stack([x.cpu(), rec.float().cpu()], dim=1).flatten(0, 1)
+    path = run_dir / "images" / f"recon-{step:07d}.png"
+    image_grid_png(to_uint8_images(pairs), path, nrow=16)
+    return path
+
+
 def write_samples(run_dir: Path, step: int, G, z_fixed: torch.Tensor, is_2d: bool) -> Path:
     was_training = G.training
     G.eval()
@@ -245,6 +275,9 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     batches = data.start(state.batches_consumed)
     d = cfg.model.latent_dim
     z_fixed = latent(min(cfg.eval.num_samples, 2500) if cfg.data.dataset == "grid2d" else 64, d, "fixed", cfg.train.seed, device=device)
+    x_recon = fixed_test_batch(cfg) if accelerator.is_main_process else None
+    if x_recon is not None:
+        x_recon = x_recon.to(device)
     tracker = start_run_tracking(cfg, run_dir, world, batch, data.info) if accelerator.is_main_process else NullTracker()
     stopper = StopRequest(run_dir)
     base_lrs = (cfg.optim.lr_d, cfg.optim.lr_g)
@@ -297,6 +330,9 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
             state.batches_consumed += n_real
             n_z = n_real + 1 if cfg.train.update_order == "alternating" else 1
             zs = [latent(batch, d, cfg.train.seed, rank, state.step, i, device=device) for i in range(n_z)]
+            # randomness inside the step (ALI's encoder noise, WGAN-GP's interpolation weights)
+            # uses the global generator: reseed it per (seed, rank, step) for exact resumes
+            torch.manual_seed(derive_seed("step", cfg.train.seed, rank, state.step))
             stats = step_fn(reals, zs)
             if ema_g is not None:
                 ema_g.update(unwrap(G))
@@ -328,6 +364,10 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
             if accelerator.is_main_process and cfg.train.sample_every and (state.step % cfg.train.sample_every == 0 or last):
                 png = write_samples(run_dir, state.step, ema_g.shadow if ema_g else unwrap(G), z_fixed, is_2d)
                 tracker.log_artifact(png, "images")
+                if x_recon is not None:
+                    export_e = ema_e.shadow if ema_e else unwrap(E)
+                    png = write_reconstructions(run_dir, state.step, cfg, ema_g.shadow if ema_g else unwrap(G), unwrap(D), export_e, x_recon)
+                    tracker.log_artifact(png, "images")
             state.elapsed_s = elapsed_before + time.perf_counter() - session_start
             if state.step % cfg.train.checkpoint_every == 0 or last or stopping:
                 checkpoint()

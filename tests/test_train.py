@@ -45,9 +45,9 @@ def stop_after_calls(monkeypatch, n):
 
 
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("order", ["alternating", "simultaneous"])
-def test_resume_reproduces_uninterrupted_run_exactly(tmp_path, tiny_grid_cfg, order, monkeypatch):
-    cfg = tiny_grid_cfg("train.steps=30", f"train.update_order={order}", "train.ema_beta=0.9")
+@pytest.mark.parametrize("order, variant", [("alternating", "dali"), ("simultaneous", "dali"), ("alternating", "ali")])
+def test_resume_reproduces_uninterrupted_run_exactly(tmp_path, tiny_grid_cfg, order, variant, monkeypatch):
+    cfg = tiny_grid_cfg("train.steps=30", f"train.update_order={order}", "train.ema_beta=0.9", f"model.variant={variant}")
     assert train(cfg, tmp_path / "a") == 0
     with monkeypatch.context() as m:
         stop_after_calls(m, 17)

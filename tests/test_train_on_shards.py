@@ -31,6 +31,7 @@ def test_dcgan_trains_on_mnist_shards_and_resumes(tmp_path, mnist_shards):
     rec = json.loads((tmp_path / "stats.jsonl").read_text().splitlines()[-1])
     assert rec["step"] == 6 and rec["loss_e"] > 0
     assert (tmp_path / "images" / "samples-0000004.png").is_file()
+    assert (tmp_path / "images" / "recon-0000004.png").is_file()
     state = json.loads((tmp_path / "checkpoints" / "step-6" / "train_state.json").read_text())
     assert state["batches_consumed"] == 6  # 40 train images / batch 8 = 5 per epoch: crossed an epoch
 
