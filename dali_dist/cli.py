@@ -17,6 +17,7 @@ from data_prep.cli import prep_app
 
 from .cli_util import exits_cleanly
 from .errors import UserError
+from .classifier import train_classifier_command
 from .evaluate import evaluate_command
 from .inference_cli import encode_command, interpolate_command, reconstruct_command
 from .runs import runs_app
@@ -26,6 +27,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Distributed 
 app.command("train")(train_command)
 app.command("evaluate")(evaluate_command)
 app.add_typer(runs_app, name="runs")
+app.command("train-classifier")(train_classifier_command)
 app.command("encode")(encode_command)
 app.command("reconstruct")(reconstruct_command)
 app.command("interpolate")(interpolate_command)

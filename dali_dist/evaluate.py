@@ -527,6 +527,8 @@ def evaluate_command(
     opts = EvalOptions(data=data, num_samples=num_samples, inception_weights=inception_weights,
                        classifier=classifier, batch_size=batch_size, progress=progress)
     results: list[dict] = []
+    if ranks.is_main:
+        print(f"evaluate: {', '.join(names)} on {ranks.world} process(es), device {ranks.device}", file=sys.stderr)
 
     def emit(result: dict) -> None:
         if not ranks.is_main:

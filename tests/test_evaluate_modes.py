@@ -1,0 +1,97 @@
+"""Modes of the evaluation job: newest, --all-checkpoints, --watch on a running job, and safe
+re-runs (records in RUN_DIR/eval/, no duplicate MLflow points)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from dali_dist.evaluate import evaluated_steps
+from dali_dist.train import train
+from tests.conftest import REPO, run_cli
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def _history(tmp_path, run, key="eval/modes_captured"):
+    client = MlflowClient(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}")
+    return [m.step for m in client.get_metric_history((run / "mlflow_run_id").read_text().strip(), key)]
+
+
+def test_all_checkpoints_rerun_and_watch(tmp_path, tiny_grid_cfg):
+    run = tmp_path / "runs" / "a"
+    assert train(tiny_grid_cfg("tracking.enabled=true", "train.steps=20"), run) == 0
+    args = ["evaluate", "--run-dir", str(run), "--metrics", "modes", "--num-samples", "100", "--no-progress"]
+    r = run_cli(*args, "--all-checkpoints", "--out", str(tmp_path / "m.json"))
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["step"] == 20 and [h["step"] for h in m["history"]] == [10, 20]
+    assert {"modes_captured", "high_quality_pct", "checkpoint"} <= set(m)
+    assert evaluated_steps(run) == {10, 20}
+    rec = json.loads((run / "eval" / "step-20.json").read_text())
+    assert rec["metrics"]["modes"]["protocol"] == {"num_samples": 100, "seed": 12345}
+    assert _history(tmp_path, run) == [10, 20]
+
+    # the same request again: values reused, nothing logged twice
+    r = run_cli(*args, "--all-checkpoints")
+    assert r.returncode == 0 and "reusing recorded modes" in r.stderr
+    assert _history(tmp_path, run) == [10, 20]
+    # another protocol: recomputed, the record updated, still one MLflow point per step
+    r = run_cli("evaluate", "--run-dir", str(run), "--metrics", "modes", "--num-samples", "150", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((run / "eval" / "step-20.json").read_text())["metrics"]["modes"]["protocol"]["num_samples"] == 150
+    assert _history(tmp_path, run) == [10, 20]
+
+    # --watch follows a running job: a new checkpoint appears, then exit_code says 0
+    (run / "exit_code").unlink()
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "dali_dist.evaluate", *args[1:], "--watch", "--watch-interval", "0.3",
+         "--watch-timeout", "150", "--out", str(tmp_path / "w.json")],
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        assert train(tiny_grid_cfg("tracking.enabled=true", "train.steps=30"), run, resume="auto") == 0
+        out, err = watcher.communicate(timeout=150)
+    finally:
+        if watcher.poll() is None:
+            watcher.kill()
+    assert watcher.returncode == 0, err
+    assert "training finished" in err
+    w = json.loads((tmp_path / "w.json").read_text())
+    assert w["step"] == 30 and 30 in [h["step"] for h in w["history"]]
+    assert 30 in evaluated_steps(run)
+    assert _history(tmp_path, run) == [10, 20, 30]
+
+
+def test_watch_timeout_and_bad_combinations(tmp_path, tiny_grid_cfg):
+    run = tmp_path / "run"
+    assert train(tiny_grid_cfg("train.steps=10"), run) == 0
+    (run / "exit_code").unlink()
+    r = run_cli("evaluate", "--run-dir", str(run), "--metrics", "modes", "--num-samples", "50", "--watch",
+                "--watch-timeout", "0", "--no-progress")
+    assert r.returncode == 0 and "--watch-timeout reached" in r.stderr
+    assert evaluated_steps(run) == {10}
+    r = run_cli("evaluate", "--checkpoint", str(run / "checkpoints/step-10"), "--all-checkpoints")
+    assert r.returncode == 2 and "need --run-dir" in r.stderr
+    r = run_cli("evaluate", "--run-dir", str(run), "--metrics", "mse")
+    assert r.returncode == 2 and "applies to images" in r.stderr
+
+
+def test_fid_without_clean_fid_says_what_to_install(tmp_path, tiny_grid_cfg):
+    try:
+        import cleanfid.fid  # noqa: F401
+        pytest.skip("clean-fid is importable here; this checks the message where it is not")
+    except Exception:  # noqa: BLE001
+        pass
+    from dali_dist.metrics.extractors import cleanfid_modules
+    from dali_dist.errors import UserError
+
+    with pytest.raises(UserError, match=r"pip install 'dali-dist\[eval\]'"):
+        cleanfid_modules()
