@@ -17,6 +17,8 @@ Metrics (names encode the protocol, DESIGN.md section 2):
            (FID in that classifier's feature space)
     mse    ``mse``, ``mse_std``: reconstruction error of G(mu(x)) over the test split, [0, 1] scale
     modes  ``modes_captured``, ``high_quality_pct`` on generated samples of the 2D grid (Table 2)
+    probe  ``probe_accuracy``: logistic regression on mu(x), fitted on train codes, test accuracy
+    knn    ``knn_accuracy``: 5-nearest-neighbour label vote of test codes among train codes
 
 Re-running is safe: every evaluated step of a run is recorded in RUN_DIR/eval/step-<N>.json
 (values, protocol, what was sent to MLflow). A metric whose protocol is unchanged is reused,
@@ -77,7 +79,18 @@ class EvalJob:
         self._extractors: dict = {}
         self._rows: dict = {}
         self._refs: dict = {}
+        self._codes: dict = {}
         self.planned: set[str] = set()
+
+    def codes(self, split: str):
+        """(codes, labels) of a whole split (one encoding pass serves probe and knn)."""
+        if split not in self._codes:
+            from .metrics.codes import split_codes
+
+            self._codes[split] = split_codes(self.exp, self.source, split, batch_size=self.batch_size,
+                                             ranks=self.ranks, total=self.info.splits.get(split),
+                                             progress=self.opts.progress)
+        return self._codes[split]
 
     # -- data ----------------------------------------------------------------------------
     @property
@@ -205,6 +218,8 @@ class EvalJob:
         return stats
 
 
+KNN_K = 5  # neighbours for knn_accuracy
+
 # ------------------------------------------------------------------------------------------
 # Metrics: name -> (check, protocol, compute). Checks run before any work, so a bad request
 # fails in a second; compute returns {} on non-main ranks (they only help with the work).
@@ -290,6 +305,30 @@ def _mse(job: EvalJob) -> dict:
     return out if job.ranks.is_main else {}
 
 
+def _check_latent(job: EvalJob, name: str) -> None:
+    _need_images(job, name)
+    if job.exp.E is None:
+        raise UserError(f"{job.exp.path}: metric {name!r} needs an encoder; variant {job.cfg.model.variant!r} has none")
+    missing = [s for s in ("train", "test") if s not in job.info.splits]
+    if missing:
+        raise UserError(f"{job.source}: metric {name!r} needs train and test splits (missing {', '.join(missing)})")
+    if not job.info.num_classes:
+        raise UserError(f"{job.source}: metric {name!r} needs labels, and {job.info.dataset} has none")
+
+
+def _latent(job: EvalJob, name: str) -> dict:
+    """Linear probe (train codes -> test labels) or k-NN retrieval on mu(x) (issue 9)."""
+    from .metrics.latent import knn_accuracy, linear_probe_accuracy
+
+    tr, ytr = job.codes("train")
+    te, yte = job.codes("test")
+    if not job.ranks.is_main:
+        return {}
+    if name == "probe":
+        return {"probe_accuracy": linear_probe_accuracy(tr, ytr, te, yte)}
+    return {"knn_accuracy": knn_accuracy(tr, ytr, te, yte, k=KNN_K)}
+
+
 def _protocol(job: EvalJob, name: str) -> dict:
     """What a metric's value depends on besides the weights; equal protocols mean reusable values."""
     if name == "modes":
@@ -297,6 +336,8 @@ def _protocol(job: EvalJob, name: str) -> dict:
     proto = {"data": job.info.manifest_sha256 or job.source}
     if name == "mse":
         return {**proto, "split": "test"}
+    if name in ("probe", "knn"):
+        return {**proto, "fit": "train", "score": "test", **({"k": KNN_K} if name == "knn" else {})}
     ext = job.is_extractor() if name == "is" else "inception"
     proto.update({"num_samples": job.num_generated(), "seed": job.cfg.eval.seed, "mode": "clean",
                   "extractor": job.extractor(ext).id})
@@ -317,6 +358,8 @@ METRICS: dict[str, Metric] = {
     "is": Metric(_check_is, _is, lambda job: {job.is_extractor()}),
     "mse": Metric(_check_mse, _mse),
     "modes": Metric(_check_modes, _modes),
+    "probe": Metric(lambda job: _check_latent(job, "probe"), lambda job: _latent(job, "probe")),
+    "knn": Metric(lambda job: _check_latent(job, "knn"), lambda job: _latent(job, "knn")),
 }
 
 

@@ -98,3 +98,31 @@ def test_cli_encode_reconstruct_interpolate_on_shards(tmp_path):
     assert np.load(tmp_path / "int" / "interpolations.npz")["paths"].shape == (2, 3, 28, 28, 1)
     r = run_cli("encode", "--checkpoint", str(export(tmp_path, "gan")), "--data", str(tmp_path / "sh"), "--out", str(tmp_path / "g.npz"))
     assert r.returncode == 2 and "has no encoder" in r.stderr
+
+
+@pytest.mark.timeout(180)
+def test_probe_and_knn_metrics_through_the_evaluation_job(tmp_path):
+    import json
+
+    import numpy as np
+
+    from dali_dist.metrics.latent import knn_accuracy, linear_probe_accuracy
+    from tests._archives import make_mnist
+    from tests.conftest import run_cli
+
+    make_mnist(tmp_path / "raw", n_train=30, n_test=12)
+    assert run_cli("prep", "mnist", "--source", str(tmp_path / "raw"), "--out", str(tmp_path / "sh"), "--quiet").returncode == 0
+    ck = export(tmp_path)
+    r = run_cli("evaluate", "--checkpoint", str(ck), "--data", str(tmp_path / "sh"), "--metrics", "probe,knn",
+                "--out", str(tmp_path / "m.json"), "--no-track")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "m.json").read_text())
+    # the same numbers from codes computed independently through the inference API
+    for split in ("train", "test"):
+        assert run_cli("encode", "--checkpoint", str(ck), "--data", str(tmp_path / "sh"), "--split", split,
+                       "--out", str(tmp_path / f"{split}.npz")).returncode == 0
+    tr, te = np.load(tmp_path / "train.npz"), np.load(tmp_path / "test.npz")
+    assert m["probe_accuracy"] == pytest.approx(linear_probe_accuracy(tr["codes"], tr["labels"], te["codes"], te["labels"]))
+    assert m["knn_accuracy"] == pytest.approx(knn_accuracy(tr["codes"], tr["labels"], te["codes"], te["labels"], k=5))
+    r = run_cli("evaluate", "--checkpoint", str(export(tmp_path, "gan")), "--data", str(tmp_path / "sh"), "--metrics", "probe", "--no-track")
+    assert r.returncode == 2 and "needs an encoder" in r.stderr
