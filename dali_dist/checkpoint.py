@@ -140,12 +140,13 @@ def newest_checkpoint(run_dir: Path) -> Path:
     return ckpts[-1][1]
 
 
-def prune_checkpoints(run_dir: Path, keep: int, keep_every: int) -> list[Path]:
-    """Delete old checkpoints beyond the newest ``keep`` (multiples of keep_every stay)."""
+def prune_checkpoints(run_dir: Path, keep: int, keep_every: int, protect: frozenset = frozenset()) -> list[Path]:
+    """Delete old checkpoints beyond the newest ``keep`` (multiples of keep_every and the
+    steps in ``protect`` stay)."""
     ckpts = complete_checkpoints(run_dir)
     removed = []
     for step, path in ckpts[:-keep] if keep else ckpts:
-        if keep_every and step % keep_every == 0:
+        if (keep_every and step % keep_every == 0) or step in protect:
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)

@@ -118,6 +118,9 @@ class TrainConfig:
     """Newest complete checkpoints kept; older ones are deleted unless kept by keep_every."""
     keep_every: int = 0
     """Also keep every checkpoint whose step is a multiple of this (0 disables)."""
+    keep_unevaluated: bool = False
+    """Also keep checkpoints the evaluation job has not recorded yet (RUN_DIR/eval/step-N.json);
+    turn on when an evaluation job follows the run (`dali-dist evaluate --watch`)."""
 
 
 @dataclass

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from . import __version__
 from .algorithm import DaliStep, Networks
 from .checkpoint import (
-    TrainState, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint,
+    TrainState, complete_checkpoints, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint,
 )
 from .cli_util import exits_cleanly
 from .config import Config, dump_yaml, load_config
@@ -113,7 +113,7 @@ def check_data_matches(cfg: Config, info) -> None:
 # would silently make the checkpoint mean something else.
 RESUME_MAY_CHANGE = {
     "name", "data.source", "train.steps", "train.log_every", "train.sample_every",
-    "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every", "train.keep_unevaluated",
     "tracking.enabled", "tracking.uri", "tracking.experiment",
 }
 
@@ -304,7 +304,12 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
                 {"d": opt_d, "ge": opt_ge},
                 {"G": export_g, "D": unwrap(D), "E": export_e},
             )
-            prune_checkpoints(run_dir, cfg.train.keep_checkpoints, cfg.train.keep_every)
+            protect = frozenset()
+            if cfg.train.keep_unevaluated:
+                from .evaluate import evaluated_steps
+
+                protect = frozenset(s for s, _ in complete_checkpoints(run_dir)) - evaluated_steps(run_dir)
+            prune_checkpoints(run_dir, cfg.train.keep_checkpoints, cfg.train.keep_every, protect)
         accelerator.wait_for_everyone()
 
     # -- the loop: per-step work first, per-tick upkeep after -------------------------------

@@ -121,3 +121,12 @@ def test_every_variant_trains_checkpoints_and_evaluates(tmp_path, tiny_grid_cfg,
     if exp.E is not None:
         from dali_dist.inference import DaliModel
         assert DaliModel(exp).reconstruct(torch.zeros(3, 2)).shape == (3, 2)
+
+
+@pytest.mark.timeout(120)
+def test_retention_keeps_checkpoints_not_yet_evaluated(tmp_path, tiny_grid_cfg):
+    (tmp_path / "eval").mkdir(parents=True)
+    (tmp_path / "eval" / "step-10.json").write_text("{}")  # step 10 was evaluated, 20 and 30 not
+    cfg = tiny_grid_cfg("train.steps=50", "train.checkpoint_every=10", "train.keep_checkpoints=1", "train.keep_unevaluated=true")
+    assert train(cfg, tmp_path) == 0
+    assert [s for s, _ in complete_checkpoints(tmp_path)] == [20, 30, 40, 50]
