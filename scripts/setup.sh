@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 VENV=${VENV:-.venv}
 EXTRAS=${EXTRAS:-dev}
-TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+TORCH_SPEC=${TORCH_SPEC:-"torch==2.14.1 torchvision==0.29.1"}
 
 if [ ! -x "$VENV/bin/python" ]; then
   if "$PYTHON" -c "import torch" >/dev/null 2>&1; then
@@ -28,7 +28,8 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   echo "setup: no torch found; installing $TORCH_SPEC"
-  "${PIP[@]}" install "$TORCH_SPEC"
+  # shellcheck disable=SC2086  # TORCH_SPEC may name several requirements (torch torchvision)
+  "${PIP[@]}" install $TORCH_SPEC
 fi
 TORCH_VERSION=$("$VENV/bin/python" -c "import torch; print(torch.__version__)")
 CONSTRAINT="$VENV/torch-constraint.txt"

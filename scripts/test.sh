@@ -12,6 +12,7 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2
     || echo "test: could not install dataset-fashion-mnist; its tests will be skipped"
 fi
 
-EXTRAS=${EXTRAS:-dev} bash scripts/setup.sh
+# The eval extra (clean-fid) runs the FID tests against clean-fid itself.
+EXTRAS=${EXTRAS:-dev,eval} bash scripts/setup.sh
 # pytest exits 5 when it collects no test: that is a failure here too (set -e).
 exec .venv/bin/python -m pytest -q "$@"
