@@ -33,7 +33,9 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
 fi
 TORCH_VERSION=$("$VENV/bin/python" -c "import torch; print(torch.__version__)")
 CONSTRAINT="$VENV/torch-constraint.txt"
-echo "torch==$TORCH_VERSION" > "$CONSTRAINT"
+# Without the local label (+cu130, +cpu): '==2.14.1' still matches the installed build, and
+# a '<=' cap elsewhere does not treat '2.14.1+cu130' as newer than 2.14.1.
+echo "torch==${TORCH_VERSION%%+*}" > "$CONSTRAINT"
 echo "setup: torch $TORCH_VERSION (pinned); installing dali-dist[$EXTRAS]"
 "${PIP[@]}" install -c "$CONSTRAINT" -e ".[$EXTRAS]"
 echo "setup: done; activate with: source $VENV/bin/activate"
