@@ -7,6 +7,8 @@ Accelerate's DDP path (one CPU process, or many GPU/CPU processes under
 
 from __future__ import annotations
 
+import os
+
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
@@ -16,6 +18,10 @@ from .errors import UserError
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
+        # Accelerate would silently fall back to DDP on CPU and wrap only one engine on GPU.
+        raise UserError("DeepSpeed launch configs are not supported by this trainer yet; "
+                        "launch with a plain multi-GPU config (launch/single-node.yaml, launch/multi-node.yaml)")
     precision = cfg.train.mixed_precision
     if precision == "fp16":
         # Accelerate shares one GradScaler between our two optimizers and D steps before G's
@@ -62,3 +68,15 @@ def replicas_agree(accelerator: Accelerator, modules: dict[str, torch.nn.Module]
     local = torch.stack([fingerprint(m) for m in modules.values()]).to(accelerator.device)
     everyone = accelerator.gather(local[None]).reshape(accelerator.num_processes, *local.shape)
     return [name for i, name in enumerate(modules) if not torch.equal(everyone[:, i], everyone[:1, i].expand_as(everyone[:, i]))]
+
+
+def any_rank(accelerator: Accelerator, local: bool) -> bool:
+    """True on every rank when any rank's flag is set (one tiny all-reduce; local alone).
+
+    Stopping must be agreed: a rank that saw RUN_DIR/STOP one step before the others would
+    wait in the checkpoint's gather while they wait in the next step's backward.
+    """
+    if accelerator.num_processes == 1:
+        return local
+    flag = torch.tensor([1 if local else 0], device=accelerator.device)
+    return bool(accelerator.reduce(flag, reduction="max").item())

@@ -32,7 +32,7 @@ from .checkpoint import (
 )
 from .cli_util import exits_cleanly
 from .config import Config, dump_yaml, load_config
-from .distributed import make_accelerator, per_rank_batch, replicas_agree
+from .distributed import any_rank, make_accelerator, per_rank_batch, replicas_agree
 from .ema import EMA
 from .errors import UserError
 from .mixture import GridStream, grid_means
@@ -353,7 +353,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
 
             # per-tick upkeep (a stop request flushes the tick, checkpoints and leaves)
             last = state.step >= cfg.train.steps
-            stopping = not last and stopper.requested()
+            stopping = not last and any_rank(accelerator, stopper.requested())
             if state.step % cfg.train.log_every == 0 or last or stopping:
                 now = time.perf_counter()
                 record = {"step": state.step, **{k: v / tick_n for k, v in tick_sums.items()},
@@ -392,7 +392,11 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
         tmp = run_dir / "exit_code.tmp"
         tmp.write_text(f"{exit_code}\n")
         tmp.replace(run_dir / "exit_code")
+    accelerator.wait_for_everyone()
     accelerator.end_training()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # an explicit teardown: leaving it to interpreter exit aborted a rank now and then
+        torch.distributed.destroy_process_group()
     return exit_code
 
 

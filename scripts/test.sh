@@ -5,11 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Real Fashion-MNIST (idx format) for the real-data tests, from the Debian package.
-if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null 2>&1; then
+# Debian packages the tests use: real Fashion-MNIST (idx format) for the real-data tests, and
+# a real Slurm (munge, slurmctld, slurmd, client) plus shellcheck for the sbatch-script tests.
+APT_PACKAGES="dataset-fashion-mnist slurmctld slurmd slurm-client munge shellcheck"
+if command -v apt-get >/dev/null 2>&1 && { [ ! -d /usr/share/datasets/fashion-mnist ] || ! command -v slurmctld >/dev/null; }; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
-  { $SUDO apt-get update -qq && $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null; } \
-    || echo "test: could not install dataset-fashion-mnist; its tests will be skipped"
+  # shellcheck disable=SC2086
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $APT_PACKAGES >/dev/null; } \
+    || echo "test: could not install $APT_PACKAGES; the tests that need them will be skipped"
 fi
 
 # The eval extra (clean-fid) runs the FID tests against clean-fid itself.
