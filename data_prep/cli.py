@@ -13,11 +13,9 @@ Bad input exits with code 2 and one line ``error: <file>: <problem>``.
 
 from __future__ import annotations
 
-import sys
-
 import typer
 
-from dali_dist.errors import UserError
+from dali_dist.cli_util import exits_cleanly
 
 from . import celeba, cifar10, folder, grid2d, mnist, verify
 
@@ -31,26 +29,15 @@ prep_app.command("grid2d")(grid2d.command)
 prep_app.command("verify")(verify.command)
 
 
-def _exit_cleanly(fn):
-    try:
-        return fn()
-    except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(UserError.exit_code)
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-
-
 def run_single(command) -> None:
     """``python -m data_prep.<name>``: one command as a whole program."""
     app = typer.Typer(add_completion=False)
     app.command()(command)
-    _exit_cleanly(app)
+    exits_cleanly(app)()
 
 
 def main() -> None:
-    _exit_cleanly(prep_app)
+    exits_cleanly(prep_app)()
 
 
 if __name__ == "__main__":
