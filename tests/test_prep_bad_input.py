@@ -20,7 +20,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import _archives as A  # noqa: E402
 
-from data_prep.cli import _exit_cleanly, prep_app  # noqa: E402
+from dali_dist.cli_util import exits_cleanly  # noqa: E402
+from data_prep.cli import prep_app  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.timeout(60)
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.timeout(60)
 def prep(capsys, *args) -> str:
     """Run `dali-dist prep ARGS` in-process; expect exit 2 and return the one stderr line."""
     with pytest.raises(SystemExit) as e:
-        _exit_cleanly(lambda: prep_app([*map(str, args), *(["--quiet"] if args[0] != "verify" else [])]))
+        exits_cleanly(prep_app)([*map(str, args), *(["--quiet"] if args[0] != "verify" else [])])
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2, err
     err = [line for line in err if not line.startswith("problem:")]
