@@ -39,6 +39,44 @@ def make_accelerator(cfg: Config) -> Accelerator:
     )
 
 
+def requested_processes(cmdline: list[str]) -> int | None:
+    """The --num_processes a launcher command line asked for, if it names one."""
+    for i, arg in enumerate(cmdline):
+        if arg in ("--num_processes", "--num-processes") and i + 1 < len(cmdline):
+            value = cmdline[i + 1]
+        elif arg.startswith(("--num_processes=", "--num-processes=")):
+            value = arg.split("=", 1)[1]
+        else:
+            continue
+        return int(value) if value.isdigit() else None
+    return None
+
+
+def check_world_size(world_size: int) -> None:
+    """Refuse to train alone when the launch asked for more processes.
+
+    ``accelerate launch --cpu --num_processes 2`` starts ONE process through Accelerate's
+    simple launcher (it sets MASTER_ADDR but no WORLD_SIZE), which would silently train with
+    half the intended global batch per step on one rank. The launcher is our parent process.
+    """
+    if world_size != 1 or "WORLD_SIZE" in os.environ:
+        return
+    try:
+        with open(f"/proc/{os.getppid()}/cmdline", "rb") as f:
+            parent = [a.decode(errors="replace") for a in f.read().split(b"\0") if a]
+    except OSError:  # not Linux, or no /proc: nothing to check against
+        return
+    if not any("accelerate" in a for a in parent[:3]):
+        return
+    asked = requested_processes(parent)
+    if asked and asked > 1:
+        raise UserError(
+            f"the launch asked for {asked} processes but only 1 started (`accelerate launch --cpu` runs one); "
+            f"for CPU processes use `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes {asked}` "
+            "or --config_file launch/cpu-2proc.yaml"
+        )
+
+
 def per_rank_batch(cfg: Config, world_size: int) -> int:
     """The config's batch size is global; each rank takes an equal share."""
     if cfg.train.batch_size % world_size:

@@ -32,7 +32,7 @@ from .checkpoint import (
 )
 from .cli_util import exits_cleanly
 from .config import Config, dump_yaml, load_config
-from .distributed import any_rank, make_accelerator, per_rank_batch, replicas_agree
+from .distributed import any_rank, check_world_size, make_accelerator, per_rank_batch, replicas_agree
 from .ema import EMA
 from .errors import UserError
 from .mixture import GridStream, grid_means
@@ -231,6 +231,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     # -- setup -------------------------------------------------------------------------------
     accelerator = make_accelerator(cfg)
     rank, world = accelerator.process_index, accelerator.num_processes
+    check_world_size(world)
     batch = per_rank_batch(cfg, world)
     ckpt = resolve_resume(run_dir, resume)
     if resume is None and any((run_dir / "checkpoints").glob("step-*")):

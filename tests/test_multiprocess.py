@@ -55,3 +55,17 @@ def test_stop_under_launcher_exits_cleanly_and_records_75(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert (tmp_path / "exit_code").read_text() == "75\n"
     assert (tmp_path / "checkpoints" / "step-1" / "train_state.json").is_file()
+
+
+@pytest.mark.timeout(120)
+def test_cpu_flag_with_several_processes_is_refused_not_run_alone(tmp_path):
+    sets = [a for s in [*TINY_GRID, "train.steps=3"] for a in ("--set", s)]
+    r = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
+         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "dali_dist.train", "--config", "grid2d",
+         "--run-dir", str(tmp_path), *sets],
+        capture_output=True, text=True, timeout=100, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO,
+    )
+    assert r.returncode != 0
+    assert "asked for 2 processes but only 1 started" in r.stderr
+    assert not (tmp_path / "checkpoints").exists()
