@@ -108,6 +108,9 @@ class TrainConfig:
     """Exponential moving average of G and E weights used for export (0 disables)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast precision for forward passes."""
+    dist_timeout_s: int = 1800
+    """Process-group timeout: a collective that waits longer than this on a silent rank fails
+    instead of hanging the job (short values suit tests)."""
     log_every: int = 100
     """Steps between log lines and RUN_DIR/stats.jsonl records."""
     sample_every: int = 1000
@@ -174,7 +177,7 @@ class Config:
 # Validation: one readable message per inconsistent option (DESIGN.md section 5, point 4).
 
 _POSITIVE_INT = {
-    "train.steps", "train.batch_size", "train.d_steps", "train.log_every",
+    "train.dist_timeout_s", "train.steps", "train.batch_size", "train.d_steps", "train.log_every",
     "train.checkpoint_every", "train.keep_checkpoints", "model.latent_dim", "model.width",
     "eval.num_samples", "eval.batch_size",
 }

@@ -8,10 +8,11 @@ Accelerate's DDP path (one CPU process, or many GPU/CPU processes under
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
 from .config import Config
 from .errors import UserError
@@ -32,10 +33,11 @@ def make_accelerator(cfg: Config) -> Accelerator:
     # D is called twice per step and BatchNorm buffers change in each call: broadcasting
     # buffers from rank 0 at every forward would clobber them mid-step (DESIGN.md section 3).
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
+    pg = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))
     return Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=precision,
-        kwargs_handlers=[ddp],
+        kwargs_handlers=[ddp, pg],
     )
 
 
