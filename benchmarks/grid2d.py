@@ -24,8 +24,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 
 
-def run_seed(seed: int, run_root: Path, overrides: list[str], threads: int) -> dict:
-    run_dir = run_root / f"seed-{seed}"
+def run_seed(seed: int, run_root: Path, overrides: list[str], threads: int, name: str | None = None) -> dict:
+    run_dir = run_root / (name or f"seed-{seed}")  # every run of a benchmark shares run_root/mlflow.db
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(REPO)}
     sets = [a for s in [f"train.seed={seed}", *overrides] for a in ("--set", s)]
     cmd = [sys.executable, "-m", "dali_dist.cli", "train", "--config", "grid2d", "--run-dir", str(run_dir), *sets]
