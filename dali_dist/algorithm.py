@@ -59,6 +59,8 @@ class DaliStep:
         self.d_loss_fn, self.g_loss_fn = adversarial_game(variant, adversarial)
         self.gp_weight = gp_weight if adversarial == "wgan-gp" else 0.0
         self.backward = backward or (lambda loss, **kw: loss.backward(**kw))
+        # BatchNorm statistics differ between one batch of real+fake and two separate batches
+        self.fuse_d = not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in nets.D.modules())
         self.autocast = autocast
 
     # -- pieces shared by both update orders ---------------------------------------------
@@ -73,6 +75,15 @@ class DaliStep:
         if self.variant != "dali-l2":
             stats["sigma_mean"] = torch.exp(0.5 * logvar.detach()).mean()
         return loss, stats
+
+    def _d_real_fake(self, x_real: torch.Tensor, x_fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """D on real and generated batches: one forward of both when D has no batch-dependent
+        layers (identical results, one kernel launch per layer instead of two), else two."""
+        with self.autocast():
+            if self.fuse_d:
+                logits, _ = self.nets.D(torch.cat([x_real, x_fake]))
+                return logits[: len(x_real)], logits[len(x_real):]
+            return self.nets.D(x_real)[0], self.nets.D(x_fake)[0]
 
     def _d_stats(self, real_logit, fake_logit, loss_d) -> dict:
         return {
@@ -100,9 +111,7 @@ class DaliStep:
         for x_real, z in zip(x_real_batches, z_draws[:-1]):
             with torch.no_grad(), self.autocast():
                 x_fake = n.G(z)
-            with self.autocast():
-                real_logit, _ = n.D(x_real)
-                fake_logit, _ = n.D(x_fake)
+            real_logit, fake_logit = self._d_real_fake(x_real, x_fake)
             loss_d = self.d_loss_fn(real_logit.float(), fake_logit.float())
             if self.gp_weight:
                 loss_d = loss_d + self.gp_weight * self._penalty(x_real, x_fake)

@@ -183,3 +183,24 @@ def test_wgan_gp_adds_the_penalty_to_the_critic_loss():
         torch.manual_seed(5)  # same interpolation weights
         losses.append(step([x], [z1, z2])["loss_d"])
     assert losses[0] > losses[1]  # the penalty is non-negative and, at initialisation, positive
+
+
+def test_fused_real_fake_forward_equals_two_forwards():
+    _, nets_a, step_a = make()
+    _, nets_b, step_b = make()
+    assert step_a.fuse_d  # the MLP discriminator has no BatchNorm
+    step_b.fuse_d = False
+    x, z1, z2 = batch()
+    sa, sb = step_a([x], [z1, z2]), step_b([x], [z1, z2])
+    assert sa == pytest.approx(sb, rel=1e-5)
+    for a, b in zip(nets_a.D.parameters(), nets_b.D.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_batchnorm_discriminator_is_never_fused():
+    from dali_dist.config import load_config
+
+    cfg = load_config("mnist", ["model.width=8", "model.latent_dim=4"], data="unused")
+    G, D, E = build_models(cfg)
+    nets = Networks(G, D, E, torch.optim.SGD(D.parameters(), lr=LR), torch.optim.SGD(G.parameters(), lr=LR))
+    assert not DaliStep(nets, variant="dali", lambda_e=0.25, update_order="alternating").fuse_d
