@@ -130,3 +130,26 @@ def test_retention_keeps_checkpoints_not_yet_evaluated(tmp_path, tiny_grid_cfg):
     cfg = tiny_grid_cfg("train.steps=50", "train.checkpoint_every=10", "train.keep_checkpoints=1", "train.keep_unevaluated=true")
     assert train(cfg, tmp_path) == 0
     assert [s for s, _ in complete_checkpoints(tmp_path)] == [20, 30, 40, 50]
+
+
+@pytest.mark.timeout(120)
+def test_full_disk_during_checkpoint_is_one_clear_error_and_keeps_the_previous(tmp_path, tiny_grid_cfg, monkeypatch):
+    import errno
+
+    import dali_dist.checkpoint as ck
+    from dali_dist.errors import UserError
+
+    real_save, calls = ck.save_file, {"n": 0}
+
+    def save_file(tensors, path, *a, **kw):
+        calls["n"] += 1
+        if "step-10" in str(path):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, path, *a, **kw)
+
+    monkeypatch.setattr(ck, "save_file", save_file)
+    with pytest.raises(UserError, match=r"step-10: cannot write checkpoint \(No space left on device\)"):
+        train(tiny_grid_cfg("train.steps=20", "train.checkpoint_every=5"), tmp_path)
+    assert [s for s, _ in complete_checkpoints(tmp_path)] == [5]
+    assert not list((tmp_path / "checkpoints").glob(".tmp*"))
+    assert load_export(tmp_path / "checkpoints" / "step-5").meta["step"] == 5
