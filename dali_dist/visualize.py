@@ -23,14 +23,14 @@ def scatter_png(points: np.ndarray, path: Path, means: np.ndarray | None = None,
         a, _ = px(np.array([v, 0.0]))
         draw.line([(a, 0), (a, size)], fill=(230, 230, 230))
         draw.line([(0, a), (size, a)], fill=(230, 230, 230))
-    xs, ys = px(np.asarray(points, dtype=np.float64))
-    for x, y in zip(xs, ys):
-        draw.point((float(x), float(y)), fill=(30, 80, 200))
-    if means is not None:
+    if means is not None:  # under the samples, so a captured mode shows as a blue blob
         mx, my = px(np.asarray(means, dtype=np.float64))
         for x, y in zip(mx, my):
-            draw.line([(x - 4, y), (x + 4, y)], fill=(220, 30, 30))
-            draw.line([(x, y - 4), (x, y + 4)], fill=(220, 30, 30))
+            draw.line([(x - 6, y), (x + 6, y)], fill=(220, 30, 30))
+            draw.line([(x, y - 6), (x, y + 6)], fill=(220, 30, 30))
+    xs, ys = px(np.asarray(points, dtype=np.float64))
+    for x, y in zip(xs, ys):
+        draw.rectangle([(float(x) - 0.5, float(y) - 0.5), (float(x) + 0.5, float(y) + 0.5)], fill=(30, 80, 200))
     img.save(path)
 
 
