@@ -22,6 +22,8 @@ Guarantees:
 
 from __future__ import annotations
 
+import abc
+
 import hashlib
 import io
 import os
@@ -47,8 +49,8 @@ _REC = 512
 _RECORDSIZE = 20 * 512  # tarfile's record size: archives are padded to a multiple of it
 
 
-class Source:
-    """What a source module provides (duck-typed; subclasses fill these in)."""
+class Source(abc.ABC):
+    """What a source module provides; each dataset module subclasses it."""
 
     dataset: str = "unknown"
     kind: str = "image"  # or "points"
@@ -57,19 +59,21 @@ class Source:
     num_classes: Optional[int] = None
     shuffle_train: bool = True
 
+    @abc.abstractmethod
     def source_info(self) -> dict:  # {"path": ..., "sha256": ..., ...}
-        raise NotImplementedError
+        """Where the input came from and its checksum (recorded in the manifest)."""
 
     def options(self) -> dict:  # the options that change the output
         return {}
 
+    @abc.abstractmethod
     def splits(self) -> dict[str, list]:  # split -> ordered item references (picklable, small)
-        raise NotImplementedError
+        """Each split's ordered item references."""
 
+    @abc.abstractmethod
     def load(self, split: str, item) -> tuple[str, Any, int]:
         """(key, uint8 HxWxC array or None when the input is corrupt, label). For points:
         (key, (xy float32 (n, 2), labels int64 (n,)), 0)."""
-        raise NotImplementedError
 
     def item_count(self, split: str, item) -> int:
         return 1
