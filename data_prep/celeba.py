@@ -153,16 +153,16 @@ class CelebASource(Source):
 
 def command(
     source: Path = typer.Option(..., "--source", help="img_align_celeba.zip, img_align_celeba/, or a folder with either."),
-    out: Path = typer.Option(..., "--out", help="Output shard directory."),
+    out: Path = common.OUT,
     partition: Optional[Path] = typer.Option(None, "--partition", help="list_eval_partition.txt (default: found beside the source)."),
     resolution: int = typer.Option(64, "--resolution", help="Output side in pixels (64 or 128)."),
     crop: int = typer.Option(160, "--crop", help="Centre crop side before resizing (160 of the 178x218 aligned images)."),
-    encoding: str = typer.Option("png", "--encoding", help="png (lossless, small) or raw (binary PPM: uncompressed uint8, fastest to decode)."),
-    shard_size: int = typer.Option(5000, "--shard-size", help="Samples per shard."),
-    workers: int = typer.Option(common.default_workers(), "--workers", help="Processes decoding and encoding images."),
-    force: bool = typer.Option(False, "--force", help="Rebuild every shard."),
-    max_corrupt: int = typer.Option(100, "--max-corrupt", help="Fail when more images than this are corrupt or missing."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    encoding: str = common.ENCODING,
+    shard_size: int = common.SHARD_SIZE,
+    workers: int = common.WORKERS,
+    force: bool = common.FORCE,
+    max_corrupt: int = common.MAX_CORRUPT,
+    quiet: bool = common.QUIET,
 ) -> None:
     """CelebA aligned images + list_eval_partition.txt -> WebDataset shards (train/valid/test)."""
     src = CelebASource(source, resolution, crop, partition, progress=not quiet)

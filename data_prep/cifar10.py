@@ -192,15 +192,15 @@ def download(dest: Path, url: str = URL, md5: str = MD5, progress: bool = True) 
 
 def command(
     source: Path = typer.Option(..., "--source", help="cifar-10-python.tar.gz, cifar-10-batches-py/, or a folder with either."),
-    out: Path = typer.Option(..., "--out", help="Output shard directory."),
+    out: Path = common.OUT,
     download_: bool = typer.Option(False, "--download", help="Fetch the official archive into --source first (md5-checked)."),
     resolution: int = typer.Option(32, "--resolution", help="Side in pixels (32 keeps the originals; else LANCZOS resize)."),
-    encoding: str = typer.Option("png", "--encoding", help="png (lossless, small) or raw (binary PPM: uncompressed uint8, fastest to decode)."),
-    shard_size: int = typer.Option(5000, "--shard-size", help="Samples per shard."),
-    workers: int = typer.Option(common.default_workers(), "--workers", help="Processes encoding shards."),
-    force: bool = typer.Option(False, "--force", help="Rebuild every shard."),
-    max_corrupt: int = typer.Option(100, "--max-corrupt", help="Fail when more inputs than this are corrupt."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    encoding: str = common.ENCODING,
+    shard_size: int = common.SHARD_SIZE,
+    workers: int = common.WORKERS,
+    force: bool = common.FORCE,
+    max_corrupt: int = common.MAX_CORRUPT,
+    quiet: bool = common.QUIET,
 ) -> None:
     """CIFAR-10 python release -> WebDataset shards (train 50,000 / test 10,000)."""
     if download_:

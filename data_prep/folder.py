@@ -133,17 +133,17 @@ class FolderSource(Source):
 
 def command(
     source: Path = typer.Option(..., "--source", help="Folder of images (optionally train/ and test/ sub-folders, class sub-folders)."),
-    out: Path = typer.Option(..., "--out", help="Output shard directory."),
+    out: Path = common.OUT,
     resolution: int = typer.Option(64, "--resolution", help="Output side in pixels."),
     channels: int = typer.Option(3, "--channels", help="1 (grey) or 3 (RGB)."),
     crop: Optional[int] = typer.Option(None, "--crop", help="Centre crop side before resizing (default: the largest square)."),
     test_fraction: float = typer.Option(0.05, "--test-fraction", help="Held-out share when there are no train/ test/ folders."),
-    encoding: str = typer.Option("png", "--encoding", help="png (lossless, small) or raw (binary PGM/PPM: uncompressed uint8, fastest to decode)."),
-    shard_size: int = typer.Option(5000, "--shard-size", help="Samples per shard."),
-    workers: int = typer.Option(common.default_workers(), "--workers", help="Processes decoding and encoding images."),
-    force: bool = typer.Option(False, "--force", help="Rebuild every shard."),
-    max_corrupt: int = typer.Option(100, "--max-corrupt", help="Fail when more images than this are corrupt."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    encoding: str = common.ENCODING,
+    shard_size: int = common.SHARD_SIZE,
+    workers: int = common.WORKERS,
+    force: bool = common.FORCE,
+    max_corrupt: int = common.MAX_CORRUPT,
+    quiet: bool = common.QUIET,
 ) -> None:
     """A folder of images -> WebDataset shards (train/test)."""
     src = FolderSource(source, resolution, channels, crop, test_fraction, progress=not quiet)

@@ -108,15 +108,15 @@ class MnistSource(Source):
 
 def command(
     source: Path = typer.Option(..., "--source", help="Folder with train-*/t10k-* idx files (gzip or not)."),
-    out: Path = typer.Option(..., "--out", help="Output shard directory."),
+    out: Path = common.OUT,
     resolution: int = typer.Option(28, "--resolution", help="Side in pixels (28 keeps the originals; else LANCZOS resize)."),
     name: str = typer.Option(None, "--name", help="Dataset name in the manifest: mnist or fashion-mnist (default: guessed from the path)."),
-    encoding: str = typer.Option("png", "--encoding", help="png (lossless, small) or raw (binary PGM/PPM: uncompressed uint8, fastest to decode)."),
-    shard_size: int = typer.Option(5000, "--shard-size", help="Samples per shard."),
-    workers: int = typer.Option(common.default_workers(), "--workers", help="Processes encoding shards."),
-    force: bool = typer.Option(False, "--force", help="Rebuild every shard."),
-    max_corrupt: int = typer.Option(100, "--max-corrupt", help="Fail when more inputs than this are corrupt."),
-    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    encoding: str = common.ENCODING,
+    shard_size: int = common.SHARD_SIZE,
+    workers: int = common.WORKERS,
+    force: bool = common.FORCE,
+    max_corrupt: int = common.MAX_CORRUPT,
+    quiet: bool = common.QUIET,
 ) -> None:
     """MNIST-format idx files (MNIST, Fashion-MNIST) -> WebDataset shards."""
     if name is not None and name not in ("mnist", "fashion-mnist"):
