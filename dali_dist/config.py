@@ -106,6 +106,9 @@ class TrainConfig:
     """Discriminator updates per generator update."""
     ema_beta: float = 0.0
     """Exponential moving average of G and E weights used for export (0 disables)."""
+    export_bn_batches: int = 100
+    """Before export, re-estimate G's BatchNorm statistics as the average over this many prior
+    batches of the per-process batch size (precise BN; 0 keeps the moving averages)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     """Autocast precision for forward passes."""
     dist_timeout_s: int = 1800
@@ -181,7 +184,7 @@ _POSITIVE_INT = {
     "train.checkpoint_every", "train.keep_checkpoints", "model.latent_dim", "model.width",
     "eval.num_samples", "eval.batch_size",
 }
-_NON_NEGATIVE_INT = {"train.sample_every", "train.keep_every", "optim.warmup_steps", "data.num_workers"}
+_NON_NEGATIVE_INT = {"train.export_bn_batches", "train.sample_every", "train.keep_every", "optim.warmup_steps", "data.num_workers"}
 
 
 def validate(cfg: Config) -> None:

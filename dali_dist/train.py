@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from . import __version__
 from .algorithm import DaliStep, Networks
+from .batchnorm import precise_bn_copy
 from .checkpoint import (
     TrainState, complete_checkpoints, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint,
 )
@@ -114,6 +115,7 @@ def check_data_matches(cfg: Config, info) -> None:
 RESUME_MAY_CHANGE = {
     "name", "data.source", "train.steps", "train.log_every", "train.sample_every",
     "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every", "train.keep_unevaluated",
+    "train.export_bn_batches",
     "tracking.enabled", "tracking.uri", "tracking.experiment",
 }
 
@@ -296,7 +298,8 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
         if diverged:
             raise RuntimeError(f"step {state.step}: weights of {', '.join(diverged)} differ between ranks")
         if accelerator.is_main_process:
-            export_g = ema_g.shadow if ema_g else unwrap(G)
+            export_g = precise_bn_copy(ema_g.shadow if ema_g else unwrap(G), d, batches=cfg.train.export_bn_batches,
+                                       batch_size=batch, seed=cfg.train.seed)
             export_e = ema_e.shadow if ema_e else unwrap(E)
             save_checkpoint(
                 run_dir, cfg, state,
@@ -368,11 +371,13 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
                 bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss_d", "loss_g", "loss_e") if k in record})
                 tick_sums, tick_n, tick_start = {}, 0, now
             if accelerator.is_main_process and cfg.train.sample_every and (state.step % cfg.train.sample_every == 0 or last):
-                png = write_samples(run_dir, state.step, ema_g.shadow if ema_g else unwrap(G), z_fixed, is_2d)
+                sample_g = precise_bn_copy(ema_g.shadow if ema_g else unwrap(G), d, batches=cfg.train.export_bn_batches,
+                                           batch_size=batch, seed=cfg.train.seed)
+                png = write_samples(run_dir, state.step, sample_g, z_fixed, is_2d)
                 tracker.log_artifact(png, "images")
                 if x_recon is not None:
                     export_e = ema_e.shadow if ema_e else unwrap(E)
-                    png = write_reconstructions(run_dir, state.step, cfg, ema_g.shadow if ema_g else unwrap(G), unwrap(D), export_e, x_recon)
+                    png = write_reconstructions(run_dir, state.step, cfg, sample_g, unwrap(D), export_e, x_recon)
                     tracker.log_artifact(png, "images")
             state.elapsed_s = elapsed_before + time.perf_counter() - session_start
             if state.step % cfg.train.checkpoint_every == 0 or last or stopping:

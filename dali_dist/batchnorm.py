@@ -1,0 +1,42 @@
+"""Precise BatchNorm statistics for the exported generator.
+
+During training BatchNorm keeps an exponential moving average of batch statistics (momentum
+0.1, so effectively the last ~10 batches). A generator that places its outputs precisely
+(the 2D grid's modes are 0.05 wide) is sensitive to the few-percent noise of that average:
+measured on one grid run, G in eval mode put 75 % of samples within 3 std of a mode, the
+same weights with batch statistics 96 %. So before export the generator's running
+statistics are re-estimated as a plain average over many batches of the prior, which is the
+population the generator will see (Wu & Johnson 2021, "Rethinking BatchNorm": PreciseBN).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from .seeding import latent
+
+
+def has_batchnorm(module: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+@torch.no_grad()
+def precise_bn_copy(G: nn.Module, latent_dim: int, *, batches: int, batch_size: int, seed: int) -> nn.Module:
+    """A copy of G (in eval mode) whose BatchNorm statistics average ``batches`` prior batches."""
+    out = copy.deepcopy(G)
+    if not has_batchnorm(out) or batches <= 0:
+        return out.eval()
+    device = next(out.parameters()).device
+    bns = [m for m in out.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the calibration batches
+    out.train()
+    for i in range(batches):
+        out(latent(batch_size, latent_dim, "precise-bn", seed, i, device=device))
+    for bn in bns:
+        bn.momentum = 0.1
+    return out.eval()
