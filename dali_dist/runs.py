@@ -13,7 +13,8 @@ from .tracking import probe_server, resolve_uri
 
 runs_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect tracked runs.")
 
-DEFAULT_COLUMNS = "eval/modes_captured,eval/high_quality_pct,loss_d,loss_g,loss_e"
+DEFAULT_COLUMNS = ("eval/fid,eval/inception_score,eval/fid_classifier,eval/mse,eval/modes_captured,"
+                   "eval/high_quality_pct,eval/probe_accuracy,eval/knn_accuracy")
 
 
 @runs_app.command("compare")
@@ -40,11 +41,13 @@ def compare_command(
         exp_ids = [e.experiment_id for e in client.search_experiments()]
     runs = client.search_runs(exp_ids, order_by=["attributes.start_time ASC"]) if exp_ids else []
     cols = [c.strip() for c in metrics.split(",") if c.strip()]
-    header = ["run", "variant", "dataset", "status", *cols]
+    header = ["run", "variant", "dataset", "status", "step", *cols]
     rows = []
     for r in runs:
+        hist = client.get_metric_history(r.info.run_id, "loss_d") if "loss_d" in r.data.metrics else []
+        step = str(max((m.step for m in hist), default="")) if hist else ""
         rows.append([r.info.run_name or r.info.run_id[:8], r.data.tags.get("variant", ""), r.data.tags.get("dataset", ""),
-                     r.info.status, *[_fmt(r.data.metrics.get(c)) for c in cols]])
+                     r.info.status, step, *[_fmt(r.data.metrics.get(c)) for c in cols]])
     widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
     for row in [header, *rows]:
         typer.echo("  ".join(str(x).ljust(w) for x, w in zip(row, widths)))

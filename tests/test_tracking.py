@@ -71,7 +71,7 @@ def test_runs_compare_lists_runs_with_metrics(tmp_path, tiny_grid_cfg):
     r = run_cli("runs", "compare", "--experiment", "grid2d", "--metrics", "loss_d", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
-    assert lines[0].split() == ["run", "variant", "dataset", "status", "loss_d"]
-    assert lines[1].split()[:4] == ["first", "dali", "grid2d", "FINISHED"]
+    assert lines[0].split() == ["run", "variant", "dataset", "status", "step", "loss_d"]
+    assert lines[1].split()[:5] == ["first", "dali", "grid2d", "FINISHED", "5"]
     r = run_cli("runs", "compare", "--experiment", "nope", cwd=tmp_path)
     assert r.returncode == 2 and "not found" in r.stderr
