@@ -57,7 +57,7 @@ def train_cmd(run_dir, uri, *sets):
 def test_training_logs_to_a_server_and_survives_its_loss(tmp_path, server):
     uri, proc = server
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run(train_cmd(tmp_path / "a", uri, "train.steps=20"), capture_output=True, text=True,
+    r = subprocess.run(train_cmd(tmp_path / "a", uri, "train.steps=20", "train.sample_every=10"), capture_output=True, text=True,
                        timeout=120, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr[-2000:]
     run_id = (tmp_path / "a" / "mlflow_run_id").read_text().strip()
