@@ -197,3 +197,24 @@ def attach_metrics(run_dir: Path, configured_uri: Optional[str], metrics: dict, 
         run_id, metrics=[Metric(f"eval/{k}", v, ts, step) for k, v in numeric.items()]
     )
     return run_id
+
+
+def system_metrics() -> dict[str, float]:
+    """Host and accelerator load for the tracking run (``system/*``), sampled at log ticks
+    through the same bounded queue (MLflow's own monitor thread would block on a dead server)."""
+    out: dict[str, float] = {}
+    try:
+        import psutil
+
+        proc = psutil.Process()
+        out["system/cpu_percent"] = psutil.cpu_percent(interval=None)
+        out["system/memory_percent"] = psutil.virtual_memory().percent
+        out["system/process_rss_gb"] = proc.memory_info().rss / 2**30
+    except ImportError:  # psutil comes with mlflow; without it, no host metrics
+        pass
+    import torch
+
+    if torch.cuda.is_available():
+        out["system/gpu_memory_allocated_gb"] = torch.cuda.memory_allocated() / 2**30
+        out["system/gpu_max_memory_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return out

@@ -40,7 +40,7 @@ from .mixture import GridStream, grid_means
 from .models import build_models, encode
 from .schedule import lr_factor
 from .seeding import derive_seed, latent
-from .tracking import NullTracker, git_info, start_tracking
+from .tracking import NullTracker, git_info, start_tracking, system_metrics
 from .visualize import image_grid_png, scatter_png, to_uint8_images
 
 EXIT_REQUEUE = 75
@@ -367,7 +367,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
                 if stats_file:
                     stats_file.write(json.dumps(record) + "\n")
                     stats_file.flush()
-                tracker.log_metrics({k: v for k, v in record.items() if k != "step"}, step=state.step)
+                tracker.log_metrics({**{k: v for k, v in record.items() if k != "step"}, **system_metrics()}, step=state.step)
                 bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss_d", "loss_g", "loss_e") if k in record})
                 tick_sums, tick_n, tick_start = {}, 0, now
             if accelerator.is_main_process and cfg.train.sample_every and (state.step % cfg.train.sample_every == 0 or last):

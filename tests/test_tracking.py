@@ -33,6 +33,7 @@ def test_run_logged_to_local_store_and_resumed_into_same_run(tmp_path, tiny_grid
     assert r.data.tags["dataset"] == "grid2d"
     steps = [m.step for m in client.get_metric_history(run_id, "loss_d")]
     assert steps == [5, 10, 13, 15, 20]
+    assert [m.step for m in client.get_metric_history(run_id, "system/process_rss_gb")] == steps
     arts = [a.path for a in client.list_artifacts(run_id, "images")]
     assert "images/samples-0000010.png" in arts and "images/samples-0000020.png" in arts
     assert (tmp_path / "runs" / "mlartifacts").is_dir()
