@@ -27,7 +27,6 @@ test network would need 2048 features, and every FID of 2048-d features costs a 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -38,6 +37,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..manifest import sha256_file
 
 INCEPTION_FILE = "inception-2015-12-05.pt"
 INCEPTION_URL = "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"
@@ -52,14 +52,6 @@ class FeatureExtractor(Protocol):
     def preprocess(self, images: np.ndarray) -> torch.Tensor: ...
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]: ...
     def to(self, device) -> "FeatureExtractor": ...
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def cleanfid_modules():
@@ -128,7 +120,7 @@ class TorchScriptInception:
         head = getattr(self.base, "output", None)
         self.head_weight = head.weight.detach().float() if head is not None and hasattr(head, "weight") else None
         self.has_logits = self.head_weight is not None
-        self.id = f"inception-clean-{file_sha256(path)[:16]}"
+        self.id = f"inception-clean-{sha256_file(path)[:16]}"
         self.path = path
         self.resize = build_resizer("clean")
         self.threads = resize_threads or max(1, min(8, os.cpu_count() or 1))
@@ -179,7 +171,7 @@ class ClassifierExtractor:
         from ..classifier import load_classifier
 
         self.net, self.meta = load_classifier(path)
-        self.id = f"classifier-{file_sha256(Path(path))[:16]}"
+        self.id = f"classifier-{sha256_file(Path(path))[:16]}"
         self.path = Path(path)
         self.to(device)
 
