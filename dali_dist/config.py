@@ -37,6 +37,10 @@ class DataConfig:
     """Image channels (1 or 3); None for the 2D mixture."""
     num_workers: int = 0
     """DataLoader worker processes per rank for shard decoding."""
+    on_corrupt: Literal["error", "skip"] = "error"
+    """A corrupt, truncated or missing shard or sample: error stops with a one-line message
+    naming the file; skip drops it with a warning and a count (every rank still yields the
+    same number of batches, so no rank waits on another)."""
 
 
 @dataclass
@@ -110,7 +114,18 @@ class TrainConfig:
     """Before export, re-estimate G's BatchNorm statistics as the average over this many prior
     batches of the per-process batch size (precise BN; 0 keeps the moving averages)."""
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    """Autocast precision for forward passes."""
+    """Autocast precision for forward passes. bf16 needs no loss scaling (CPU and GPU);
+    fp16 (GPU) scales each phase's loss with its own scaler and skips that phase's step on
+    overflow, agreed across ranks and counted."""
+    strategy: Literal["ddp", "zero1", "zero2"] = "ddp"
+    """How processes share the work: ddp (Accelerate's DistributedDataParallel, the default),
+    or DeepSpeed ZeRO stage 1 or 2 (one engine for D and one for G+E; bf16 or fp32 only;
+    `pip install dali-dist[deepspeed]`). Launch all of them as plain multi-process runs."""
+    sync_bn: bool = False
+    """Convert BatchNorm layers to SyncBatchNorm (statistics over the global batch; GPU/NCCL)."""
+    max_nonfinite: int = 20
+    """Iterations in a row with a skipped phase (non-finite loss or gradient) before training
+    stops with an error; the last good checkpoint stays intact. fp16 overflow skips count too."""
     dist_timeout_s: int = 1800
     """Process-group timeout: a collective that waits longer than this on a silent rank fails
     instead of hanging the job (short values suit tests)."""
@@ -120,6 +135,9 @@ class TrainConfig:
     """Steps between sample images written to RUN_DIR/images (0 disables)."""
     checkpoint_every: int = 2000
     """Steps between checkpoints (a final one is always written)."""
+    checkpoint_kimg: float = 0.0
+    """Thousands of training images between checkpoints; when > 0 it replaces checkpoint_every
+    (so the interval means the same data whatever the batch size)."""
     keep_checkpoints: int = 2
     """Newest complete checkpoints kept; older ones are deleted unless kept by keep_every."""
     keep_every: int = 0
@@ -181,7 +199,7 @@ class Config:
 
 _POSITIVE_INT = {
     "train.dist_timeout_s", "train.steps", "train.batch_size", "train.d_steps", "train.log_every",
-    "train.checkpoint_every", "train.keep_checkpoints", "model.latent_dim", "model.width",
+    "train.checkpoint_every", "train.keep_checkpoints", "train.max_nonfinite", "model.latent_dim", "model.width",
     "eval.num_samples", "eval.batch_size",
 }
 _NON_NEGATIVE_INT = {"train.export_bn_batches", "train.sample_every", "train.keep_every", "optim.warmup_steps", "data.num_workers"}
@@ -201,6 +219,17 @@ def validate(cfg: Config) -> None:
         v = _get(cfg, dotted)
         if not 0.0 <= v < 1.0 and not (dotted == "optim.min_lr_ratio" and v == 1.0):
             raise UserError(f"config: {dotted} must be in [0, 1), got {v}")
+    if not cfg.train.checkpoint_kimg >= 0:
+        raise UserError(f"config: train.checkpoint_kimg must be >= 0, got {cfg.train.checkpoint_kimg}")
+    if cfg.train.strategy != "ddp":
+        if cfg.train.mixed_precision == "fp16":
+            raise UserError(f"config: train.strategy={cfg.train.strategy} runs bf16 or fp32 only (DeepSpeed's fp16 "
+                            "loss scaler cannot skip one phase of a GAN step); use train.mixed_precision=bf16")
+        if cfg.train.update_order != "alternating":
+            raise UserError(f"config: train.strategy={cfg.train.strategy} needs train.update_order=alternating "
+                            "(a DeepSpeed engine cannot take gradients for only some of its inputs)")
+        if cfg.train.sync_bn:
+            raise UserError("config: train.sync_bn is for train.strategy=ddp")
     if cfg.model.lambda_e is not None and not cfg.model.lambda_e >= 0:
         raise UserError(f"config: model.lambda_e must be >= 0 or null, got {cfg.model.lambda_e}")
     if cfg.model.variant == "dali-f" and cfg.model.adversarial != "gan":

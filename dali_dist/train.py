@@ -114,8 +114,9 @@ def check_data_matches(cfg: Config, info) -> None:
 # would silently make the checkpoint mean something else.
 RESUME_MAY_CHANGE = {
     "name", "data.source", "train.steps", "train.log_every", "train.sample_every",
-    "train.checkpoint_every", "train.keep_checkpoints", "train.keep_every", "train.keep_unevaluated",
-    "train.export_bn_batches",
+    "train.checkpoint_every", "train.checkpoint_kimg", "train.keep_checkpoints", "train.keep_every",
+    "train.keep_unevaluated", "train.export_bn_batches", "train.max_nonfinite", "train.dist_timeout_s",
+    "data.on_corrupt",
     "tracking.enabled", "tracking.uri", "tracking.experiment",
 }
 
