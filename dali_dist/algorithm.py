@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from .losses import adversarial_game, ali_d_loss, ali_ge_loss, encoder_loss, gradient_penalty
+from .precision import PhaseUpdate
 
 
 @dataclass
@@ -51,6 +52,7 @@ class DaliStep:
         gp_weight: float = 10.0,
         backward: Callable[..., None] = None,
         autocast: Callable[[], object] = nullcontext,
+        updates: Optional[tuple[PhaseUpdate, PhaseUpdate]] = None,
     ):
         self.nets = nets
         self.variant = variant
@@ -58,7 +60,10 @@ class DaliStep:
         self.update_order = update_order
         self.d_loss_fn, self.g_loss_fn = adversarial_game(variant, adversarial)
         self.gp_weight = gp_weight if adversarial == "wgan-gp" else 0.0
-        self.backward = backward or (lambda loss, **kw: loss.backward(**kw))
+        backward = backward or (lambda loss, **kw: loss.backward(**kw))
+        # each phase owns its backward/step: fp16 scale and non-finite skips (precision.py)
+        self.upd_d, self.upd_ge = updates or (
+            PhaseUpdate("d", nets.opt_d, backward=backward), PhaseUpdate("ge", nets.opt_ge, backward=backward))
         # BatchNorm statistics differ between one batch of real+fake and two separate batches
         self.fuse_d = not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in nets.D.modules())
         self.autocast = autocast
@@ -115,10 +120,7 @@ class DaliStep:
             loss_d = self.d_loss_fn(real_logit.float(), fake_logit.float())
             if self.gp_weight:
                 loss_d = loss_d + self.gp_weight * self._penalty(x_real, x_fake)
-            n.opt_d.zero_grad(set_to_none=True)
-            self.backward(loss_d)
-            n.opt_d.step()
-            n.opt_d.zero_grad(set_to_none=True)  # free memory; no stale D grads in phase G+E
+            d_ok = self.upd_d.update(loss_d)
         stats = self._d_stats(real_logit, fake_logit, loss_d)
 
         # Phase G+E: D frozen, gradients flow through it into G.
@@ -130,12 +132,13 @@ class DaliStep:
             fake_logit, h = n.D(x_fake)
             loss_g = self.g_loss_fn(fake_logit.float())
             loss_e, e_stats = self._encoder_loss(z, h)
-        n.opt_ge.zero_grad(set_to_none=True)
-        self.backward(loss_g + loss_e)
-        n.opt_ge.step()
-        n.opt_ge.zero_grad(set_to_none=True)
+        ge_ok = self.upd_ge.update(loss_g + loss_e)
         set_trainable([n.D], True)
-        return {**stats, "loss_g": loss_g.detach(), **e_stats}
+        return {**stats, "loss_g": loss_g.detach(), **e_stats, **self._skips(d_ok, ge_ok)}
+
+    def _skips(self, d_ok: bool, ge_ok: bool) -> dict:
+        """1.0 where this iteration skipped a phase (averaged per tick: the skipped fraction)."""
+        return {"skipped_d": 0.0 if d_ok else 1.0, "skipped_ge": 0.0 if ge_ok else 1.0}
 
     def _penalty(self, x_real: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
         """WGAN-GP on random interpolates between real and generated samples."""
@@ -165,10 +168,7 @@ class DaliStep:
                 enc_logit, _ = n.D(x_real, z_hat)
                 gen_logit, _ = n.D(x_fake, z)
             loss_d = ali_d_loss(enc_logit.float(), gen_logit.float())
-            n.opt_d.zero_grad(set_to_none=True)
-            self.backward(loss_d)
-            n.opt_d.step()
-            n.opt_d.zero_grad(set_to_none=True)
+            d_ok = self.upd_d.update(loss_d)
         stats = self._d_stats(enc_logit, gen_logit, loss_d)
 
         set_trainable([n.D], False)
@@ -179,12 +179,10 @@ class DaliStep:
             enc_logit, _ = n.D(x_real_batches[-1], z_hat)
             gen_logit, _ = n.D(n.G(z), z)
             loss_ge = ali_ge_loss(enc_logit.float(), gen_logit.float())
-        n.opt_ge.zero_grad(set_to_none=True)
-        self.backward(loss_ge)
-        n.opt_ge.step()
-        n.opt_ge.zero_grad(set_to_none=True)
+        ge_ok = self.upd_ge.update(loss_ge)
         set_trainable([n.D], True)
-        return {**stats, "loss_g": loss_ge.detach(), "sigma_mean": torch.exp(0.5 * logvar.detach().float()).mean()}
+        return {**stats, "loss_g": loss_ge.detach(), "sigma_mean": torch.exp(0.5 * logvar.detach().float()).mean(),
+                **self._skips(d_ok, ge_ok)}
 
     def _simultaneous(self, x_real, z) -> dict:
         """Algorithm 1 as printed: one forward; D and (G, E) both step on gradients taken
@@ -198,12 +196,11 @@ class DaliStep:
             loss_d = self.d_loss_fn(real_logit.float(), fake_logit.float())
             loss_g = self.g_loss_fn(fake_logit.float())
             loss_e, e_stats = self._encoder_loss(z, h)
-        n.opt_d.zero_grad(set_to_none=True)
-        n.opt_ge.zero_grad(set_to_none=True)
-        self.backward(loss_d, inputs=_params(n.D), retain_graph=True)
-        self.backward(loss_g + loss_e, inputs=_params(n.G, n.E))
-        n.opt_d.step()
-        n.opt_ge.step()
-        n.opt_d.zero_grad(set_to_none=True)
-        n.opt_ge.zero_grad(set_to_none=True)
-        return {**self._d_stats(real_logit, fake_logit, loss_d), "loss_g": loss_g.detach(), **e_stats}
+        self.upd_d.zero_grad()
+        self.upd_ge.zero_grad()
+        self.upd_d.backward(loss_d, inputs=_params(n.D), retain_graph=True)
+        self.upd_ge.backward(loss_g + loss_e, inputs=_params(n.G, n.E))
+        d_ok = self.upd_d.step()
+        ge_ok = self.upd_ge.step()
+        return {**self._d_stats(real_logit, fake_logit, loss_d), "loss_g": loss_g.detach(), **e_stats,
+                **self._skips(d_ok, ge_ok)}

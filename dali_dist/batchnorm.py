@@ -23,10 +23,50 @@ def has_batchnorm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 
 
+def _swap_batchnorm(module: nn.Module, make) -> nn.Module:
+    for name, child in module.named_children():
+        new = make(child)
+        if new is None:
+            _swap_batchnorm(child, make)
+            continue
+        new.load_state_dict(child.state_dict())
+        new.to(next(child.buffers()).device)
+        new.train(child.training)
+        new.requires_grad_(any(p.requires_grad for p in child.parameters()))
+        setattr(module, name, new)
+    return module
+
+
+def to_sync_batchnorm(module: nn.Module) -> nn.Module:
+    """BatchNorm -> SyncBatchNorm in place (statistics over the global batch), remembering
+    each layer's original class so that to_plain_batchnorm can undo it exactly."""
+    def make(child):
+        if not isinstance(child, nn.modules.batchnorm._BatchNorm) or isinstance(child, nn.SyncBatchNorm):
+            return None
+        sync = nn.SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+        sync._dali_plain_cls = type(child)
+        return sync
+    return _swap_batchnorm(module, make)
+
+
+def to_plain_batchnorm(module: nn.Module) -> nn.Module:
+    """SyncBatchNorm -> its original BatchNorm class, in place (same state-dict keys).
+
+    A copy used on the main process alone (export, sample grids) must not all-reduce its
+    batch statistics with ranks that are not running it.
+    """
+    def make(child):
+        if not isinstance(child, nn.SyncBatchNorm):
+            return None
+        cls = getattr(child, "_dali_plain_cls", nn.BatchNorm2d)
+        return cls(child.num_features, child.eps, child.momentum, child.affine, child.track_running_stats)
+    return _swap_batchnorm(module, make)
+
+
 @torch.no_grad()
 def precise_bn_copy(G: nn.Module, latent_dim: int, *, batches: int, batch_size: int, seed: int) -> nn.Module:
     """A copy of G (in eval mode) whose BatchNorm statistics average ``batches`` prior batches."""
-    out = copy.deepcopy(G)
+    out = to_plain_batchnorm(copy.deepcopy(G))
     if not has_batchnorm(out) or batches <= 0:
         return out.eval()
     device = next(out.parameters()).device

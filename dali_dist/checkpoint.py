@@ -17,7 +17,7 @@ import json
 import os
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -43,6 +43,10 @@ class TrainState:
     """Real-data batches this rank has taken from its stream (for an exact skip on resume)."""
     elapsed_s: float = 0.0
     """Training wall time over all sessions of this run."""
+    world_size: int = 0
+    """Processes that wrote the checkpoint (0: unknown, older checkpoints)."""
+    phases: dict = field(default_factory=dict)
+    """Per-phase fp16 loss scale, growth counter and skipped-step count (precision.py)."""
 
     def to_json(self) -> str:
         return json.dumps(self.__dict__, indent=2)

@@ -15,7 +15,7 @@ def exits_cleanly(fn):
             return fn(*args, **kwargs)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
-            sys.exit(UserError.exit_code)
+            sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)

@@ -8,7 +8,9 @@ Accelerate's DDP path (one CPU process, or many GPU/CPU processes under
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from datetime import timedelta
+from functools import partial
 
 import torch
 from accelerate import Accelerator
@@ -20,16 +22,19 @@ from .errors import UserError
 
 def make_accelerator(cfg: Config) -> Accelerator:
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() in ("1", "true"):
-        # Accelerate would silently fall back to DDP on CPU and wrap only one engine on GPU.
-        raise UserError("DeepSpeed launch configs are not supported by this trainer yet; "
-                        "launch with a plain multi-GPU config (launch/single-node.yaml, launch/multi-node.yaml)")
+        # One Accelerator refuses two DeepSpeed models, and on CPU it silently falls back to
+        # DDP: the trainer builds its two engines itself (train.strategy=zero1|zero2).
+        raise UserError("launch DeepSpeed runs as plain multi-process runs (launch/single-node.yaml, "
+                        "launch/multi-node.yaml) with --set train.strategy=zero2; an Accelerate DeepSpeed "
+                        "config cannot hold D and G+E as two engines")
     precision = cfg.train.mixed_precision
     if precision == "fp16":
-        # Accelerate shares one GradScaler between our two optimizers and D steps before G's
-        # backward; correct fp16 needs per-phase scaling with overflow skips agreed across
-        # ranks (DESIGN.md section 3), which this trainer does not do yet. bf16 needs none.
-        raise UserError("config: train.mixed_precision=fp16 is not supported yet (two optimizers need "
-                        "per-phase loss scaling); use bf16, which needs no loss scaling")
+        if not torch.cuda.is_available():
+            raise UserError("config: train.mixed_precision=fp16 needs a CUDA GPU; use bf16 on CPU")
+        # Accelerate would share one GradScaler between our two optimizers while D steps
+        # before G's backward: each phase scales its own loss instead (precision.py), and
+        # Accelerate only runs the processes.
+        precision = "no"
     # D is called twice per step and BatchNorm buffers change in each call: broadcasting
     # buffers from rank 0 at every forward would clobber them mid-step (DESIGN.md section 3).
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
@@ -39,6 +44,29 @@ def make_accelerator(cfg: Config) -> Accelerator:
         mixed_precision=precision,
         kwargs_handlers=[ddp, pg],
     )
+
+
+def autocast_factory(accelerator: Accelerator, cfg: Config):
+    """A no-argument context factory for forward passes in the configured precision."""
+    if cfg.train.mixed_precision == "fp16":
+        return partial(torch.autocast, device_type=accelerator.device.type, dtype=torch.float16)
+    if cfg.train.mixed_precision == "bf16":
+        return accelerator.autocast
+    return nullcontext
+
+
+def agree_any(accelerator: Accelerator, flag: torch.Tensor) -> bool:
+    """True on every rank when the 0-d ``flag`` is nonzero on any rank.
+
+    Under DDP the averaged gradients are identical on all ranks, so a NaN anywhere is a NaN
+    everywhere and every rank reaches the same verdict by itself; under ZeRO each rank holds
+    a different gradient partition. Agreeing explicitly costs one tiny all-reduce per phase
+    and makes "no rank ever skips a step alone" true by construction.
+    """
+    if accelerator.num_processes == 1:
+        return bool(flag.item())
+    flag = flag.reshape(1).to(accelerator.device, torch.float32)
+    return bool(accelerator.reduce(flag, reduction="max").item())
 
 
 def requested_processes(cmdline: list[str]) -> int | None:

@@ -12,3 +12,10 @@ class UserError(Exception):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))  # always exactly one line
+
+
+class TrainingDiverged(UserError):
+    """Training cannot go on (e.g. non-finite gradients K iterations in a row); the last good
+    checkpoint is intact. Exit code 1: a failure, not bad input, and not to be requeued."""
+
+    exit_code = 1

@@ -13,7 +13,6 @@ would turn 75 into a failure); RUN_DIR/exit_code always holds the trainer's own 
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import time
@@ -27,17 +26,20 @@ from tqdm import tqdm
 
 from . import __version__
 from .algorithm import DaliStep, Networks
-from .batchnorm import precise_bn_copy
+from .batchnorm import precise_bn_copy, to_sync_batchnorm
 from .checkpoint import (
     TrainState, complete_checkpoints, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint,
 )
 from .cli_util import exits_cleanly
 from .config import Config, dump_yaml, load_config
-from .distributed import any_rank, check_world_size, make_accelerator, per_rank_batch, replicas_agree
+from .distributed import (
+    agree_any, any_rank, autocast_factory, check_world_size, make_accelerator, per_rank_batch, replicas_agree,
+)
 from .ema import EMA
-from .errors import UserError
+from .errors import TrainingDiverged, UserError
 from .mixture import GridStream, grid_means
 from .models import build_models, encode
+from .precision import PhaseUpdate
 from .schedule import lr_factor
 from .seeding import derive_seed, latent
 from .tracking import NullTracker, git_info, start_tracking, system_metrics
@@ -229,6 +231,35 @@ def start_run_tracking(cfg: Config, run_dir: Path, world: int, per_rank: int, da
     )
 
 
+def use_sync_batchnorm(accelerator, *modules) -> None:
+    """train.sync_bn: batch statistics over the global batch (torch's SyncBatchNorm is GPU-only)."""
+    if accelerator.num_processes == 1:
+        accelerator.print("train.sync_bn: one process, so plain BatchNorm already sees the whole batch")
+        return
+    if accelerator.device.type != "cuda":
+        raise UserError("config: train.sync_bn needs CUDA GPUs (torch's SyncBatchNorm has no CPU kernel); "
+                        "drop it on CPU runs")
+    for m in modules:
+        if m is not None:
+            to_sync_batchnorm(m)
+
+
+def warn_if_world_size_changed(accelerator, cfg: Config, state: TrainState, world: int, batch: int) -> None:
+    """One clear warning: what stays the same and what does not when the world size changes."""
+    if not state.world_size or state.world_size == world:
+        return
+    if cfg.train.strategy != "ddp":
+        raise UserError(f"checkpoint written by {state.world_size} processes under train.strategy="
+                        f"{cfg.train.strategy} cannot resume on {world}: ZeRO partitions the optimizer "
+                        "state by rank; resume on the same number of processes")
+    accelerator.print(
+        f"WARNING: resuming a checkpoint written by {state.world_size} processes on {world}: the global batch "
+        f"stays {cfg.train.batch_size} ({batch} per process now), learning rates are unchanged ({LR_RULE}), "
+        "and each rank reads a different part of the data from here on, so the run will not match an "
+        "uninterrupted one bit for bit"
+    )
+
+
 def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     """Run training to ``cfg.train.steps``; returns the process exit code."""
     # -- setup -------------------------------------------------------------------------------
@@ -245,6 +276,8 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
 
     torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
     G, D, E = build_models(cfg)
+    if cfg.train.sync_bn:
+        use_sync_batchnorm(accelerator, G, D, E)
     ge_params = list(G.parameters()) + (list(E.parameters()) if E is not None else [])
     betas = (cfg.optim.beta1, cfg.optim.beta2)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas)
@@ -260,6 +293,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
             {"d": opt_d, "ge": opt_ge},
         )
         accelerator.print(f"resumed from {ckpt} at step {state.step}")
+        warn_if_world_size_changed(accelerator, cfg, state, world, batch)
 
     G, D, opt_d, opt_ge = accelerator.prepare(G, D, opt_d, opt_ge)
     if E is not None:
@@ -269,10 +303,17 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     if ema_e is not None:
         ema_e.shadow.to(accelerator.device)
     nets = Networks(G, D, E, opt_d, opt_ge)
+    fp16 = cfg.train.mixed_precision == "fp16"
+    updates = tuple(
+        PhaseUpdate(name, opt, backward=accelerator.backward, agree=lambda f: agree_any(accelerator, f), fp16=fp16)
+        for name, opt in (("d", opt_d), ("ge", opt_ge))
+    )
+    for upd in updates:
+        upd.load_state_dict(state.phases.get(upd.name, {}))
     step_fn = DaliStep(
         nets, variant=cfg.model.variant, lambda_e=cfg.lambda_e, update_order=cfg.train.update_order,
         adversarial=cfg.model.adversarial, gp_weight=cfg.model.gp_weight,
-        backward=accelerator.backward, autocast=accelerator.autocast,
+        autocast=autocast_factory(accelerator, cfg), updates=updates,
     )
     device = accelerator.device
     data = DeviceBatches(cfg, rank, world, batch, device)
@@ -288,8 +329,15 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     is_2d = cfg.data.dataset == "grid2d"
     accelerator.print(
         f"training {cfg.model.variant} on {cfg.data.dataset}: {world} process(es), device {device}, "
-        f"global batch {cfg.train.batch_size} ({batch} per process), steps {state.step}->{cfg.train.steps}"
+        f"global batch {cfg.train.batch_size} ({batch} per process), steps {state.step}->{cfg.train.steps}, "
+        f"precision {cfg.train.mixed_precision}\nlearning-rate rule: {LR_RULE}"
     )
+    kimg = int(cfg.train.checkpoint_kimg * 1000)
+
+    def checkpoint_due(step: int) -> bool:
+        if kimg:  # the image count crossed a multiple of checkpoint_kimg during this step
+            return step * cfg.train.batch_size // kimg != (step - 1) * cfg.train.batch_size // kimg
+        return step % cfg.train.checkpoint_every == 0
 
     def unwrap(m):
         return None if m is None else accelerator.unwrap_model(m)
@@ -298,6 +346,8 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
         diverged = replicas_agree(accelerator, {n: unwrap(m) for n, m in (("G", G), ("D", D), ("E", E)) if m is not None})
         if diverged:
             raise RuntimeError(f"step {state.step}: weights of {', '.join(diverged)} differ between ranks")
+        state.world_size = world
+        state.phases = {upd.name: upd.state_dict() for upd in updates}
         if accelerator.is_main_process:
             export_g = precise_bn_copy(ema_g.shadow if ema_g else unwrap(G), d, batches=cfg.train.export_bn_batches,
                                        batch_size=batch, seed=cfg.train.seed)
@@ -326,6 +376,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
                dynamic_ncols=True, desc="train")
     exit_code = 0
     status = "FAILED"
+    bad_in_a_row = 0
     try:
         while state.step < cfg.train.steps:
             # learning rates are a pure function of the step (nothing to save)
@@ -353,8 +404,15 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
             for k, v in stats.items():
                 tick_sums[k] = tick_sums.get(k, 0.0) + v
             tick_n += 1
-            if not all(math.isfinite(v) for v in stats.values()):
-                raise RuntimeError(f"non-finite loss at step {state.step}: {stats}; lower the learning rate")
+            # a skipped phase is agreed across ranks, so every rank counts the same
+            bad_in_a_row = bad_in_a_row + 1 if stats["skipped_d"] or stats["skipped_ge"] else 0
+            if bad_in_a_row >= cfg.train.max_nonfinite:
+                last_good = complete_checkpoints(run_dir)
+                raise TrainingDiverged(
+                    f"{run_dir}: {bad_in_a_row} iterations in a row had non-finite losses or gradients "
+                    f"(step {state.step}, last losses {({k: stats[k] for k in stats if k.startswith('loss')})}); "
+                    f"stopped without checkpointing, last good checkpoint: "
+                    f"{last_good[-1][1] if last_good else 'none'}; lower the learning rates or use bf16")
 
             # per-tick upkeep (a stop request flushes the tick, checkpoints and leaves)
             last = state.step >= cfg.train.steps
@@ -363,6 +421,8 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
                 now = time.perf_counter()
                 record = {"step": state.step, **{k: v / tick_n for k, v in tick_sums.items()},
                           "lr_g": base_lrs[1] * f, "lr_d": base_lrs[0] * f,
+                          "skipped_d_total": updates[0].skipped, "skipped_ge_total": updates[1].skipped,
+                          **({"loss_scale_d": updates[0].scale, "loss_scale_ge": updates[1].scale} if fp16 else {}),
                           "images_per_s": tick_n * cfg.train.batch_size / max(now - tick_start, 1e-9),
                           "elapsed_s": elapsed_before + now - session_start}
                 if stats_file:
@@ -381,7 +441,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
                     png = write_reconstructions(run_dir, state.step, cfg, sample_g, unwrap(D), export_e, x_recon)
                     tracker.log_artifact(png, "images")
             state.elapsed_s = elapsed_before + time.perf_counter() - session_start
-            if state.step % cfg.train.checkpoint_every == 0 or last or stopping:
+            if checkpoint_due(state.step) or last or stopping:
                 checkpoint()
             if stopping:
                 accelerator.print(f"stop requested: checkpointed step {state.step}, exiting {EXIT_REQUEUE} to be requeued")

@@ -1,0 +1,168 @@
+"""Per-phase loss scaling and non-finite skips (precision.py), alone, across two processes,
+and inside the trainer: skipped and counted, K in a row stop the run, last checkpoint intact."""
+
+import json
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from dali_dist import precision
+from dali_dist.checkpoint import complete_checkpoints, load_train_state
+from dali_dist.errors import TrainingDiverged
+from dali_dist.precision import FP16_INIT_SCALE, PhaseUpdate
+from dali_dist.train import DeviceBatches, train
+
+
+def _model_and_opt(seed=0):
+    torch.manual_seed(seed)
+    m = torch.nn.Linear(3, 2)
+    return m, torch.optim.Adam(m.parameters(), lr=0.1)
+
+
+def _loss(m, bad=False):
+    x = torch.ones(4, 3)
+    out = m(x).pow(2).mean()
+    return out * float("inf") if bad else out
+
+
+def test_fp16_scaled_step_equals_plain_step_and_overflow_skips_and_backs_off():
+    plain, opt_plain = _model_and_opt()
+    scaled, opt_scaled = _model_and_opt()
+    ref = PhaseUpdate("ref", opt_plain, backward=lambda l, **k: l.backward(**k))
+    upd = PhaseUpdate("d", opt_scaled, backward=lambda l, **k: l.backward(**k), fp16=True)
+    assert upd.scale == FP16_INIT_SCALE
+    assert ref.update(_loss(plain)) and upd.update(_loss(scaled))
+    # a power-of-two scale is exact: the unscaled gradients, hence the Adam steps, match
+    for a, b in zip(plain.parameters(), scaled.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
+
+    before = [p.detach().clone() for p in scaled.parameters()]
+    adam_steps = [s["step"].item() for s in opt_scaled.state.values()]
+    assert not upd.update(_loss(scaled, bad=True))
+    assert upd.skipped == 1 and upd.last_skipped and upd.scale == FP16_INIT_SCALE / 2
+    assert all(torch.equal(a, b) for a, b in zip(before, scaled.parameters()))
+    assert [s["step"].item() for s in opt_scaled.state.values()] == adam_steps  # Adam did not move
+    assert all(p.grad is None for p in scaled.parameters())  # no stale gradient leaks on
+
+
+def test_fp16_scale_grows_after_an_interval_of_good_steps(monkeypatch):
+    monkeypatch.setattr(precision, "FP16_GROWTH_INTERVAL", 3)
+    m, opt = _model_and_opt()
+    upd = PhaseUpdate("ge", opt, backward=lambda l, **k: l.backward(**k), fp16=True)
+    upd.update(_loss(m, bad=True))
+    for _ in range(3):
+        assert upd.update(_loss(m))
+    assert upd.scale == FP16_INIT_SCALE  # halved once, doubled once
+    state = json.loads(json.dumps(upd.state_dict()))  # JSON round trip: no pickles
+    fresh = PhaseUpdate("ge", opt, backward=None, fp16=True)
+    fresh.load_state_dict(state)
+    assert fresh.state_dict() == upd.state_dict() == {"scale": FP16_INIT_SCALE, "good_steps": 3, "skipped": 1}
+
+
+def test_bf16_and_fp32_skip_non_finite_gradients_without_scaling():
+    m, opt = _model_and_opt()
+    upd = PhaseUpdate("d", opt, backward=lambda l, **k: l.backward(**k))
+    assert upd.scale == 1.0
+    assert not upd.update(_loss(m, bad=True)) and upd.scale == 1.0 and upd.skipped == 1
+    assert upd.update(_loss(m)) and upd.skipped == 1
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_ranks(rank, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+
+    class Shim:  # the two attributes and the method agree_any uses from an Accelerator
+        num_processes, device = 2, torch.device("cpu")
+
+        @staticmethod
+        def reduce(t, reduction):
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            return t
+
+    from dali_dist.distributed import agree_any
+
+    m, opt = _model_and_opt()
+    upd = PhaseUpdate("d", opt, backward=lambda l, **k: l.backward(**k), agree=lambda f: agree_any(Shim, f))
+    # no DDP here: only rank 1 sees an inf gradient, and rank 0 must skip with it
+    stepped = upd.update(_loss(m, bad=rank == 1))
+    torch.save({"stepped": stepped, "w": m.weight.detach().clone()}, f"{out}/rank{rank}.pt")
+    dist.destroy_process_group()
+
+
+@pytest.mark.timeout(120)
+def test_a_skip_on_one_rank_is_a_skip_on_every_rank(tmp_path):
+    mp.spawn(_two_ranks, args=(_free_port(), str(tmp_path)), nprocs=2)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert r0["stepped"] is False and r1["stepped"] is False
+    assert torch.equal(r0["w"], r1["w"])
+
+
+def _poison(monkeypatch, bad_steps):
+    """Real batches of the given (0-based) iterations are NaN: D's loss and gradients break."""
+    original = DeviceBatches.start
+
+    def start(self, consumed):
+        for i, x in enumerate(original(self, consumed), start=consumed):
+            yield torch.full_like(x, float("nan")) if i in bad_steps else x
+
+    monkeypatch.setattr(DeviceBatches, "start", start)
+
+
+@pytest.mark.timeout(120)
+def test_trainer_skips_and_counts_non_finite_steps_and_keeps_going(tmp_path, tiny_grid_cfg, monkeypatch):
+    _poison(monkeypatch, {3, 4, 12})
+    assert train(tiny_grid_cfg("train.steps=20"), tmp_path) == 0
+    last = json.loads((tmp_path / "stats.jsonl").read_text().splitlines()[-1])
+    assert last["skipped_d_total"] == 3 and last["skipped_ge_total"] == 0
+    state = load_train_state(tmp_path / "checkpoints" / "step-20")
+    assert state.phases["d"]["skipped"] == 3 and state.world_size == 1
+    from safetensors.torch import load_file
+    for name in ("G", "D", "E"):
+        assert all(torch.isfinite(t).all() for t in load_file(tmp_path / f"checkpoints/step-20/{name}.safetensors").values())
+
+
+@pytest.mark.timeout(120)
+def test_k_non_finite_iterations_in_a_row_stop_with_the_last_good_checkpoint(tmp_path, tiny_grid_cfg, monkeypatch):
+    _poison(monkeypatch, set(range(12, 100)))
+    with pytest.raises(TrainingDiverged, match="4 iterations in a row.*step-10"):
+        train(tiny_grid_cfg("train.steps=40", "train.max_nonfinite=4"), tmp_path)
+    assert [s for s, _ in complete_checkpoints(tmp_path)] == [10]
+    assert not list((tmp_path / "checkpoints").glob(".tmp*"))
+    assert TrainingDiverged.exit_code == 1  # a failure, not bad input; Slurm does not requeue it
+
+
+def test_checkpoint_every_kimg(tmp_path, tiny_grid_cfg):
+    # batch 64: 0.2 kimg = 200 images, crossed at steps 4 (256), 7 (448), 10 (640), ...
+    assert train(tiny_grid_cfg("train.steps=11", "train.checkpoint_kimg=0.2", "train.keep_checkpoints=10"), tmp_path) == 0
+    assert [s for s, _ in complete_checkpoints(tmp_path)] == [4, 7, 10, 11]
+
+
+def test_fp16_needs_a_gpu_and_deepspeed_refuses_fp16(tiny_grid_cfg, tmp_path):
+    from dali_dist.errors import UserError
+
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="fp16 needs a CUDA GPU"):
+            train(tiny_grid_cfg("train.steps=2", "train.mixed_precision=fp16"), tmp_path)
+    with pytest.raises(UserError, match="bf16 or fp32 only"):
+        tiny_grid_cfg("train.strategy=zero2", "train.mixed_precision=fp16")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("precision_", ["fp16", "bf16"])
+def test_mixed_precision_on_gpu_trains_and_counts(tmp_path, tiny_grid_cfg, precision_):
+    assert train(tiny_grid_cfg("train.steps=30", f"train.mixed_precision={precision_}"), tmp_path) == 0
+    last = json.loads((tmp_path / "stats.jsonl").read_text().splitlines()[-1])
+    assert last["skipped_ge_total"] <= 16 and last["skipped_d_total"] <= 16  # at most the fp16 back-offs
+    if precision_ == "fp16":
+        assert 1.0 <= last["loss_scale_d"] <= FP16_INIT_SCALE
