@@ -14,8 +14,16 @@ class UserError(Exception):
         super().__init__(" ".join(str(message).split()))  # always exactly one line
 
 
-class TrainingDiverged(UserError):
-    """Training cannot go on (e.g. non-finite gradients K iterations in a row); the last good
-    checkpoint is intact. Exit code 1: a failure, not bad input, and not to be requeued."""
+class TrainingFailed(UserError):
+    """Training cannot go on; the last good checkpoint is intact. Still one line, but exit
+    code 1: a failure, not bad input, and not to be requeued."""
 
     exit_code = 1
+
+
+class TrainingDiverged(TrainingFailed):
+    """Non-finite losses or gradients train.max_nonfinite iterations in a row."""
+
+
+class RankStoppedAnswering(TrainingFailed):
+    """A collective timed out; the message names the silent rank(s) (watchdog.py)."""

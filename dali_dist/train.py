@@ -36,7 +36,7 @@ from .distributed import (
     agree_any, any_rank, autocast_factory, check_world_size, make_accelerator, per_rank_batch, replicas_agree,
 )
 from .ema import EMA
-from .errors import TrainingDiverged, UserError
+from .errors import RankStoppedAnswering, TrainingDiverged, UserError
 from .mixture import GridStream, grid_means
 from .models import build_models, encode
 from .precision import PhaseUpdate
@@ -44,6 +44,7 @@ from .schedule import lr_factor
 from .seeding import derive_seed, latent
 from .tracking import NullTracker, git_info, start_tracking, system_metrics
 from .visualize import image_grid_png, scatter_png, to_uint8_images
+from .watchdog import RankWatchdog
 
 EXIT_REQUEUE = 75
 # Learning rates are per-optimizer-step values for the *global* batch in the config: the
@@ -377,8 +378,10 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     exit_code = 0
     status = "FAILED"
     bad_in_a_row = 0
+    watchdog = RankWatchdog.for_process_group(rank, world, cfg.train.dist_timeout_s)
     try:
         while state.step < cfg.train.steps:
+            watchdog.beat(state.step)
             # learning rates are a pure function of the step (nothing to save)
             f = lr_factor(state.step, cfg.train.steps, cfg.optim, data.batches_per_epoch)
             for opt, base in zip((opt_d, opt_ge), base_lrs):
@@ -448,7 +451,12 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
                 exit_code = EXIT_REQUEUE
                 break
         status = "KILLED" if exit_code == EXIT_REQUEUE else "FINISHED"
+    except RuntimeError as exc:
+        if watchdog.report:  # a collective timed out: say who was missing, not just that
+            raise RankStoppedAnswering(f"{watchdog.report} ({str(exc).splitlines()[0][:200]})") from None
+        raise
     finally:
+        watchdog.close()
         bar.close()
         tracker.close(status)
         if stats_file:

@@ -1,8 +1,10 @@
 """Two training processes on CPU (gloo) under `accelerate launch`, as a cluster would run them."""
 
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from safetensors.torch import load_file
@@ -69,3 +71,58 @@ def test_cpu_flag_with_several_processes_is_refused_not_run_alone(tmp_path):
     assert r.returncode != 0
     assert "asked for 2 processes but only 1 started" in r.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def _worker_pid(launcher_pid, rank):
+    """The training process of ``rank`` among the launcher's descendants."""
+    for _ in range(100):
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                env = open(f"/proc/{entry}/environ", "rb").read().split(b"\0")
+                ppid = int(open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if f"RANK={rank}".encode() in env and ppid != 1 and b"dali_dist.train" in open(f"/proc/{entry}/cmdline", "rb").read():
+                parent = ppid
+                while parent not in (0, 1, launcher_pid):
+                    parent = int(open(f"/proc/{parent}/stat").read().rsplit(")", 1)[1].split()[1])
+                if parent == launcher_pid:
+                    return int(entry)
+        time.sleep(0.2)
+    raise AssertionError(f"no rank {rank} worker under {launcher_pid}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_rank_that_stops_answering_is_named(tmp_path):
+    """SIGSTOP rank 1 mid-run: rank 0 must fail within the process-group timeout and say that
+    rank 1 stopped answering, instead of hanging or blaming nobody."""
+    sets = [a for s in [*TINY_GRID, "train.steps=1000000", "train.checkpoint_every=1000000", "train.dist_timeout_s=20"]
+            for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu-2proc.yaml"),
+           "--main_process_port", "29565", "-m", "dali_dist.train", "--config", "grid2d", "--run-dir", str(tmp_path), *sets]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    victim = None
+    try:
+        deadline = time.time() + 90
+        while not ((tmp_path / "stats.jsonl").exists() and (tmp_path / "stats.jsonl").stat().st_size) and time.time() < deadline:
+            time.sleep(0.2)
+        victim = _worker_pid(launcher.pid, 1)
+        os.kill(victim, signal.SIGSTOP)
+        stopped_at = time.time()
+        _, err = launcher.communicate(timeout=150)
+    finally:
+        if victim is not None:
+            try:
+                os.kill(victim, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode != 0
+    assert "rank(s) 1 stopped answering" in err, err[-3000:]
+    assert "error: rank(s) 1 stopped answering" in err  # the one-line error of rank 0
+    assert time.time() - stopped_at < 120
