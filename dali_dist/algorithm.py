@@ -26,6 +26,13 @@ class Networks:
     E: Optional[nn.Module]
     opt_d: torch.optim.Optimizer
     opt_ge: torch.optim.Optimizer
+    D_frozen: Optional[nn.Module] = None
+    """How to call D in the G+E phase, if not as D: under DeepSpeed its plain module, so that
+    G's backward through the frozen D never runs D's engine hooks (zero.py)."""
+
+    @property
+    def D_for_g(self) -> nn.Module:
+        return self.D_frozen if self.D_frozen is not None else self.D
 
 
 def set_trainable(modules, flag: bool) -> None:
@@ -129,7 +136,7 @@ class DaliStep:
         z = z_draws[-1]
         with self.autocast():
             x_fake = n.G(z)
-            fake_logit, h = n.D(x_fake)
+            fake_logit, h = n.D_for_g(x_fake)
             loss_g = self.g_loss_fn(fake_logit.float())
             loss_e, e_stats = self._encoder_loss(z, h)
         ge_ok = self.upd_ge.update(loss_g + loss_e)
@@ -176,8 +183,8 @@ class DaliStep:
         z = z_draws[-1]
         with self.autocast():
             z_hat, logvar = enc_sample(x_real_batches[-1])
-            enc_logit, _ = n.D(x_real_batches[-1], z_hat)
-            gen_logit, _ = n.D(n.G(z), z)
+            enc_logit, _ = n.D_for_g(x_real_batches[-1], z_hat)
+            gen_logit, _ = n.D_for_g(n.G(z), z)
             loss_ge = ali_ge_loss(enc_logit.float(), gen_logit.float())
         ge_ok = self.upd_ge.update(loss_ge)
         set_trainable([n.D], True)

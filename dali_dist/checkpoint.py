@@ -93,8 +93,13 @@ def save_checkpoint(
     models: dict[str, Optional[nn.Module]],
     optimizers: dict[str, torch.optim.Optimizer],
     export_models: dict[str, Optional[nn.Module]],
+    staged: Optional[dict[str, Path]] = None,
 ) -> Path:
-    """Write ``step-<state.step>`` atomically; returns its path. Call on the main process."""
+    """Write ``step-<state.step>`` atomically; returns its path. Call on the main process.
+
+    ``staged`` maps sub-folder names to folders other ranks already wrote (ZeRO optimizer
+    partitions); they are moved in before the rename, so they appear with the rest or not at all.
+    """
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step}"
@@ -109,6 +114,8 @@ def save_checkpoint(
         for name, opt in optimizers.items():
             torch.save(opt.state_dict(), tmp / f"optim_{name}.pt")
         _write_export(tmp / "export", cfg, state.step, export_models["G"], export_models["D"], export_models.get("E"))
+        for name, folder in (staged or {}).items():
+            os.replace(folder, tmp / name)
         (tmp / "train_state.json").write_text(state.to_json())
         for f in tmp.rglob("*"):
             if f.is_file():

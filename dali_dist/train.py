@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -286,29 +287,41 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     ema_g = EMA(G, cfg.train.ema_beta) if cfg.train.ema_beta > 0 else None
     ema_e = EMA(E, cfg.train.ema_beta) if cfg.train.ema_beta > 0 and E is not None else None
 
+    zero_stage = {"zero1": 1, "zero2": 2}.get(cfg.train.strategy)
     state = TrainState()
     if ckpt is not None:
         state = load_checkpoint(
             ckpt,
             {"G": G, "D": D, "E": E, "G_ema": ema_g and ema_g.shadow, "E_ema": ema_e and ema_e.shadow},
-            {"d": opt_d, "ge": opt_ge},
+            {} if zero_stage else {"d": opt_d, "ge": opt_ge},  # ZeRO partitions load below
         )
         accelerator.print(f"resumed from {ckpt} at step {state.step}")
         warn_if_world_size_changed(accelerator, cfg, state, world, batch)
 
-    G, D, opt_d, opt_ge = accelerator.prepare(G, D, opt_d, opt_ge)
-    if E is not None:
-        E = accelerator.prepare(E)
+    fp16 = cfg.train.mixed_precision == "fp16"
+    plain = {"G": G, "D": D, "E": E}  # the unwrapped modules, for export and replica checks
+    if zero_stage:
+        from . import zero
+
+        engine_d, engine_ge, _ = zero.build_engines(zero_stage, G, D, E, opt_d, opt_ge, batch, world, accelerator.device)
+        G, D = engine_ge, engine_d  # called through their engines; E as a module of engine_ge
+        updates = (zero.ZeroPhase("d", engine_d), zero.ZeroPhase("ge", engine_ge))
+        if ckpt is not None:
+            for upd in updates:
+                zero.load_partition(ckpt, upd.name, upd.engine, rank, world)
+    else:
+        G, D, opt_d, opt_ge = accelerator.prepare(G, D, opt_d, opt_ge)
+        if E is not None:
+            E = accelerator.prepare(E)
+        updates = tuple(
+            PhaseUpdate(name, opt, backward=accelerator.backward, agree=lambda f: agree_any(accelerator, f), fp16=fp16)
+            for name, opt in (("d", opt_d), ("ge", opt_ge))
+        )
     if ema_g is not None:
         ema_g.shadow.to(accelerator.device)
     if ema_e is not None:
         ema_e.shadow.to(accelerator.device)
-    nets = Networks(G, D, E, opt_d, opt_ge)
-    fp16 = cfg.train.mixed_precision == "fp16"
-    updates = tuple(
-        PhaseUpdate(name, opt, backward=accelerator.backward, agree=lambda f: agree_any(accelerator, f), fp16=fp16)
-        for name, opt in (("d", opt_d), ("ge", opt_ge))
-    )
+    nets = Networks(G, D, E, opt_d, opt_ge, D_frozen=plain["D"] if zero_stage else None)
     for upd in updates:
         upd.load_state_dict(state.phases.get(upd.name, {}))
     step_fn = DaliStep(
@@ -341,6 +354,9 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
         return step % cfg.train.checkpoint_every == 0
 
     def unwrap(m):
+        for name, wrapped in (("G", G), ("D", D), ("E", E)):
+            if m is not None and m is wrapped:
+                return plain[name]
         return None if m is None else accelerator.unwrap_model(m)
 
     def checkpoint() -> None:
@@ -349,6 +365,16 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
             raise RuntimeError(f"step {state.step}: weights of {', '.join(diverged)} differ between ranks")
         state.world_size = world
         state.phases = {upd.name: upd.state_dict() for upd in updates}
+        staged = {}
+        if zero_stage:  # every rank writes its optimizer partition, then rank 0 commits
+            staging = run_dir / "checkpoints" / f".zero-step-{state.step}"
+            if accelerator.is_main_process and staging.exists():
+                shutil.rmtree(staging)
+            accelerator.wait_for_everyone()
+            for upd in updates:
+                zero.save_partition(staging, upd.name, upd.engine, rank)
+            accelerator.wait_for_everyone()
+            staged = {zero.ZERO_DIR: staging}
         if accelerator.is_main_process:
             export_g = precise_bn_copy(ema_g.shadow if ema_g else unwrap(G), d, batches=cfg.train.export_bn_batches,
                                        batch_size=batch, seed=cfg.train.seed)
@@ -357,8 +383,9 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
                 run_dir, cfg, state,
                 {"G": unwrap(G), "D": unwrap(D), "E": unwrap(E),
                  "G_ema": ema_g and ema_g.shadow, "E_ema": ema_e and ema_e.shadow},
-                {"d": opt_d, "ge": opt_ge},
+                {} if zero_stage else {"d": opt_d, "ge": opt_ge},
                 {"G": export_g, "D": unwrap(D), "E": export_e},
+                staged=staged,
             )
             protect = frozenset()
             if cfg.train.keep_unevaluated:
