@@ -15,7 +15,8 @@ if command -v apt-get >/dev/null 2>&1 && { [ ! -d /usr/share/datasets/fashion-mn
     || echo "test: could not install $APT_PACKAGES; the tests that need them will be skipped"
 fi
 
-# The eval extra (clean-fid) runs the FID tests against clean-fid itself.
-EXTRAS=${EXTRAS:-dev,eval} bash scripts/setup.sh
+# The eval extra (clean-fid) runs the FID tests against clean-fid itself; the deepspeed
+# extra runs the ZeRO tests (DeepSpeed builds from source without its C++ ops).
+EXTRAS=${EXTRAS:-dev,eval,deepspeed} bash scripts/setup.sh
 # pytest exits 5 when it collects no test: that is a failure here too (set -e).
 exec .venv/bin/python -m pytest -q "$@"

@@ -105,10 +105,10 @@ dali_setup_topology() {
   fi
   DALI_ACCEL_CONFIG=$(dali_abspath "$DALI_ACCEL_CONFIG")
   [ -f "$DALI_ACCEL_CONFIG" ] || dali_die "ACCELERATE_CONFIG=$DALI_ACCEL_CONFIG: no such file"
-  # The trainer has no DeepSpeed path yet (one Accelerator cannot hold D and G+E as two
-  # DeepSpeed engines; DESIGN.md section 3): refuse here rather than fail on the nodes.
-  if grep -Eq '^distributed_type: *DEEPSPEED' "$DALI_ACCEL_CONFIG" && [ "${ALLOW_DEEPSPEED:-0}" != 1 ]; then
-    dali_die "ACCELERATE_CONFIG=$DALI_ACCEL_CONFIG is a DeepSpeed config: the trainer does not support DeepSpeed yet (launch/README.md)"
+  # DeepSpeed runs are launched like DDP runs and select ZeRO in the run config: one
+  # Accelerator cannot hold D and G+E as two DeepSpeed engines (launch/README.md).
+  if grep -Eq '^distributed_type: *DEEPSPEED' "$DALI_ACCEL_CONFIG"; then
+    dali_die "ACCELERATE_CONFIG=$DALI_ACCEL_CONFIG is an Accelerate DeepSpeed config: launch with the plain config and add --set train.strategy=zero2 to the training arguments (launch/README.md)"
   fi
   DALI_WORLD_SIZE=$((DALI_NNODES * DALI_NPROC_PER_NODE))
   # srun no longer inherits --cpus-per-task from sbatch (Slurm >= 22.05): pass it explicitly.
