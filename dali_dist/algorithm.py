@@ -112,7 +112,10 @@ class DaliStep:
             stats = self._simultaneous(x_real_batches[0], z_draws[0])
         else:
             stats = self._alternating(x_real_batches, z_draws)
-        return {k: float(v) for k, v in stats.items()}
+        # one device-to-host copy for all statistics, not one sync per number
+        names = [k for k, v in stats.items() if torch.is_tensor(v)]
+        values = torch.stack([stats[k].float().reshape(()) for k in names]).tolist() if names else []
+        return {**{k: float(v) for k, v in stats.items() if not torch.is_tensor(v)}, **dict(zip(names, values))}
 
     def _alternating(self, x_real_batches, z_draws) -> dict:
         """The authors' code: D steps on fresh fakes, then a fresh z for the G+E step."""

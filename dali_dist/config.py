@@ -292,6 +292,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         inner = [a for a in args if a is not type(None)]
         return _coerce(value, inner[0], where)
     if origin is Literal:
+        if isinstance(value, bool) and all(isinstance(a, str) for a in args):
+            # YAML 1.1 reads an unquoted `no` (or off/false) as False: `mixed_precision: no`
+            spelled = ("yes", "on", "true") if value else ("no", "off", "false")
+            value = next((a for a in args if a in spelled), value)
         if value not in args:
             hint = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
             extra = f" (did you mean {hint[0]!r}?)" if hint else ""

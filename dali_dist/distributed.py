@@ -27,14 +27,14 @@ def make_accelerator(cfg: Config) -> Accelerator:
         raise UserError("launch DeepSpeed runs as plain multi-process runs (launch/single-node.yaml, "
                         "launch/multi-node.yaml) with --set train.strategy=zero2; an Accelerate DeepSpeed "
                         "config cannot hold D and G+E as two engines")
-    precision = cfg.train.mixed_precision
-    if precision == "fp16":
-        if not torch.cuda.is_available():
-            raise UserError("config: train.mixed_precision=fp16 needs a CUDA GPU; use bf16 on CPU")
-        # Accelerate would share one GradScaler between our two optimizers while D steps
-        # before G's backward: each phase scales its own loss instead (precision.py), and
-        # Accelerate only runs the processes.
-        precision = "no"
+    if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("config: train.mixed_precision=fp16 needs a CUDA GPU; use bf16 on CPU")
+    # Precision is applied by autocast_factory around the forward passes, not by Accelerate:
+    # for fp16 Accelerate would share one GradScaler between our two optimizers while D steps
+    # before G's backward (each phase scales its own loss instead, precision.py); for bf16 its
+    # model wrapper casts every output back to fp32, D's feature maps included, which measured
+    # +84 % per step on CPU against plain autocast (benchmarks/train_step.py).
+    precision = "no"
     # D is called twice per step and BatchNorm buffers change in each call: broadcasting
     # buffers from rank 0 at every forward would clobber them mid-step (DESIGN.md section 3).
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
@@ -48,11 +48,10 @@ def make_accelerator(cfg: Config) -> Accelerator:
 
 def autocast_factory(accelerator: Accelerator, cfg: Config):
     """A no-argument context factory for forward passes in the configured precision."""
-    if cfg.train.mixed_precision == "fp16":
-        return partial(torch.autocast, device_type=accelerator.device.type, dtype=torch.float16)
-    if cfg.train.mixed_precision == "bf16":
-        return accelerator.autocast
-    return nullcontext
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.train.mixed_precision)
+    if dtype is None:
+        return nullcontext
+    return partial(torch.autocast, device_type=accelerator.device.type, dtype=dtype)
 
 
 def agree_any(accelerator: Accelerator, flag: torch.Tensor) -> bool:

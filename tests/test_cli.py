@@ -84,3 +84,11 @@ def test_evaluate_bad_inputs(tmp_path):
     assert r.returncode == 2 and "not a checkpoint" in r.stderr
     r = run_cli("evaluate", "--run-dir", str(tmp_path), "--metrics", "modes")
     assert r.returncode == 2 and "no complete checkpoint" in r.stderr
+
+
+def test_yaml_boolean_spellings_reach_string_choices():
+    # YAML 1.1 reads an unquoted `no` as False; `--set train.mixed_precision=no` must still work
+    from dali_dist.config import load_config
+
+    assert load_config("grid2d", ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_config("grid2d", ["train.mixed_precision=bf16"]).train.mixed_precision == "bf16"

@@ -1,0 +1,178 @@
+"""What the trainer's Algorithm 1 step costs against a plain hand-written loop, per precision.
+
+    python benchmarks/train_step.py                               # mnist preset, fp32 and bf16
+    python benchmarks/train_step.py --config cifar10 --precisions no bf16 fp16 --batch 256   # GPU
+
+Both sides run the same networks (build_models), Adam settings, batch and synthetic data on
+the same device. "plain" is the loop anyone would write: randn for z, the alternating D and
+G+E phases, no checks, no statistics. "trainer" is what `dali_dist.train` runs per step:
+Accelerate-prepared modules, counter-seeded z draws, the per-step reseed, the per-phase
+finiteness check (and fp16 scaler) agreed across ranks, and all statistics copied to the host.
+The two alternate in blocks so machine noise hits both alike; the table gives the median of
+the blocks, the trainer/plain ratio, and images/s. Writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from dali_dist.algorithm import DaliStep, Networks  # noqa: E402
+from dali_dist.config import load_config  # noqa: E402
+from dali_dist.distributed import agree_any, autocast_factory, make_accelerator  # noqa: E402
+from dali_dist.losses import encoder_loss  # noqa: E402
+from dali_dist.models import build_models, sample_shape  # noqa: E402
+from dali_dist.precision import PhaseUpdate  # noqa: E402
+from dali_dist.seeding import derive_seed, latent  # noqa: E402
+
+
+def make_cfg(preset: str, precision: str, batch: int):
+    sets = [f"train.mixed_precision={precision}", f"train.batch_size={batch}", "tracking.enabled=false"]
+    if preset != "grid2d":
+        sets.append("data.source=unused")  # synthetic batches: no shards are read
+    return load_config(preset, sets)
+
+
+def nets_and_opts(cfg, device):
+    torch.manual_seed(0)
+    G, D, E = build_models(cfg)
+    betas = (cfg.optim.beta1, cfg.optim.beta2)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas)
+    opt_ge = torch.optim.Adam([*G.parameters(), *E.parameters()], lr=cfg.optim.lr_g, betas=betas)
+    return G.to(device), D.to(device), E.to(device), opt_d, opt_ge
+
+
+def plain_step_fn(cfg, device):
+    """The textbook loop (DALI, alternating), with torch.amp for bf16/fp16."""
+    G, D, E, opt_d, opt_ge = nets_and_opts(cfg, device)
+    d, lam = cfg.model.latent_dim, cfg.lambda_e
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.train.mixed_precision)
+    ctx = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else nullcontext
+    scalers = [torch.amp.GradScaler(device.type, enabled=dtype is torch.float16) for _ in range(2)]
+
+    def step(x):
+        n = len(x)
+        z = torch.randn(n, d, device=device)
+        D.requires_grad_(True), G.requires_grad_(False), E.requires_grad_(False)
+        with ctx():
+            with torch.no_grad():
+                xf = G(z)
+            lr_, lf = D(x)[0].float(), D(xf)[0].float()
+            loss_d = F.softplus(-lr_).mean() + F.softplus(lf).mean()
+        opt_d.zero_grad(set_to_none=True)
+        scalers[0].scale(loss_d).backward()
+        scalers[0].step(opt_d), scalers[0].update()
+        D.requires_grad_(False), G.requires_grad_(True), E.requires_grad_(True)
+        z = torch.randn(n, d, device=device)
+        with ctx():
+            logit, h = D(G(z))
+            mu, logvar = E(h)
+            loss = F.softplus(-logit.float()).mean() + encoder_loss(z, mu.float(), logvar.float(), lam)
+        opt_ge.zero_grad(set_to_none=True)
+        scalers[1].scale(loss).backward()
+        scalers[1].step(opt_ge), scalers[1].update()
+    return step
+
+
+def trainer_step_fn(cfg, device):
+    """The per-step body of dali_dist.train.train, on synthetic data."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    accelerator = make_accelerator(cfg)
+    G, D, E, opt_d, opt_ge = nets_and_opts(cfg, device)
+    G, D, E, opt_d, opt_ge = accelerator.prepare(G, D, E, opt_d, opt_ge)
+    fp16 = cfg.train.mixed_precision == "fp16"
+    updates = tuple(PhaseUpdate(name, opt, backward=accelerator.backward, agree=lambda f: agree_any(accelerator, f),
+                                fp16=fp16) for name, opt in (("d", opt_d), ("ge", opt_ge)))
+    step_fn = DaliStep(Networks(G, D, E, opt_d, opt_ge), variant="dali", lambda_e=cfg.lambda_e,
+                       update_order="alternating", autocast=autocast_factory(accelerator, cfg), updates=updates)
+    counter = {"step": 0}
+
+    def step(x):
+        s = counter["step"]
+        zs = [latent(len(x), cfg.model.latent_dim, 0, 0, s, i, device=device) for i in range(2)]
+        torch.manual_seed(derive_seed("step", 0, 0, s))
+        step_fn([x], zs)
+        counter["step"] += 1
+    return step
+
+
+def timed(step, x, n, device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step(x)
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t0) / n
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", default="mnist", help="preset whose networks to time (grid2d, mnist, cifar10, celeba)")
+    ap.add_argument("--precisions", nargs="+", default=["no", "bf16"], choices=["no", "bf16", "fp16"])
+    ap.add_argument("--batch", type=int, default=None, help="batch size (default: the preset's)")
+    ap.add_argument("--steps", type=int, default=20, help="steps per timed block")
+    ap.add_argument("--blocks", type=int, default=5, help="alternating blocks per side")
+    ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--out", type=Path, default=HERE / "results" / "train_step.json")
+    args = ap.parse_args()
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    rows = []
+    for precision in args.precisions:
+        if precision == "fp16" and device.type != "cuda":
+            print("fp16: skipped (needs a GPU)")
+            continue
+        cfg = make_cfg(args.config, precision, args.batch or load_config(args.config, ["data.source=unused"]
+                                                                          if args.config != "grid2d" else []).train.batch_size)
+        batch = cfg.train.batch_size
+        x = torch.rand(batch, *sample_shape(cfg), device=device) * 2 - 1
+        sides = {"plain": plain_step_fn(cfg, device), "trainer": trainer_step_fn(cfg, device)}
+        times = {k: [] for k in sides}
+        for name, step in sides.items():
+            timed(step, x, args.warmup, device)
+        for _ in range(args.blocks):
+            for name, step in sides.items():
+                times[name].append(timed(step, x, args.steps, device))
+        med = {k: statistics.median(v) for k, v in times.items()}
+        row = {"precision": precision, "batch": batch, "plain_ms": 1e3 * med["plain"], "trainer_ms": 1e3 * med["trainer"],
+               "overhead_pct": 100 * (med["trainer"] / med["plain"] - 1),
+               "plain_img_s": batch / med["plain"], "trainer_img_s": batch / med["trainer"],
+               "blocks_ms": {k: [1e3 * t for t in v] for k, v in times.items()}}
+        rows.append(row)
+        print(f"{precision:>4}: plain {row['plain_ms']:.2f} ms  trainer {row['trainer_ms']:.2f} ms  "
+              f"overhead {row['overhead_pct']:+.1f} %  ({row['trainer_img_s']:.0f} img/s)", flush=True)
+    base = next((r for r in rows if r["precision"] == "no"), None)
+    dev_name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
+    print(f"\n{args.config}, {dev_name}, torch {torch.__version__}, {args.blocks} blocks x {args.steps} steps, medians")
+    print("| precision | batch | plain ms/step | trainer ms/step | trainer overhead | trainer img/s | speed vs fp32 |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        speed = f"{base['trainer_ms'] / r['trainer_ms']:.2f}x" if base else "-"
+        print(f"| {r['precision']} | {r['batch']} | {r['plain_ms']:.2f} | {r['trainer_ms']:.2f} | {r['overhead_pct']:+.1f} % | "
+              f"{r['trainer_img_s']:.0f} | {speed} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"command": " ".join(sys.argv), "config": args.config, "device": dev_name,
+                                    "torch": torch.__version__, "rows": rows}, indent=2))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
