@@ -16,6 +16,7 @@ import argparse
 import json
 import statistics
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -33,14 +34,20 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="runs at once (each is its own process; wall times then share the machine)")
     ap.add_argument("--run-root", type=Path, default=HERE.parent / "runs" / "bench-table2")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "table2.json")
     args = ap.parse_args()
 
+    jobs = [(v, s) for v in args.variants for s in args.seeds]
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        done = dict(zip(jobs, pool.map(
+            lambda vs: run_seed(vs[1], args.run_root, [f"model.variant={vs[0]}", f"name={vs[0]}-s{vs[1]}", *args.overrides],
+                                args.threads, name=f"{vs[0]}-seed-{vs[1]}"), jobs)))
     results = {}
     for variant in args.variants:
-        rows = [run_seed(seed, args.run_root, [f"model.variant={variant}", f"name={variant}-s{seed}", *args.overrides],
-                         args.threads, name=f"{variant}-seed-{seed}") for seed in args.seeds]
+        rows = [done[(variant, seed)] for seed in args.seeds]
         modes = [r["modes_captured"] for r in rows]
         hq = [r["high_quality_pct"] for r in rows]
         results[variant] = {

@@ -107,6 +107,7 @@ def trainer_step_fn(cfg, device):
         torch.manual_seed(derive_seed("step", 0, 0, s))
         step_fn([x], zs)
         counter["step"] += 1
+    step.updates = updates  # skipped-step counts for the table
     return step
 
 
@@ -155,6 +156,8 @@ def main() -> None:
         row = {"precision": precision, "batch": batch, "plain_ms": 1e3 * med["plain"], "trainer_ms": 1e3 * med["trainer"],
                "overhead_pct": 100 * (med["trainer"] / med["plain"] - 1),
                "plain_img_s": batch / med["plain"], "trainer_img_s": batch / med["trainer"],
+               "trainer_skipped_steps": {u.name: u.skipped for u in sides["trainer"].updates},
+               "trainer_steps": args.warmup + args.blocks * args.steps,
                "blocks_ms": {k: [1e3 * t for t in v] for k, v in times.items()}}
         rows.append(row)
         print(f"{precision:>4}: plain {row['plain_ms']:.2f} ms  trainer {row['trainer_ms']:.2f} ms  "
