@@ -31,10 +31,10 @@ sys.path.insert(0, str(HERE.parent))
 
 from dali_dist.algorithm import DaliStep, Networks  # noqa: E402
 from dali_dist.config import load_config  # noqa: E402
-from dali_dist.distributed import agree_any, autocast_factory, make_accelerator  # noqa: E402
+from dali_dist.distributed import agree_max, autocast_factory, make_accelerator  # noqa: E402
 from dali_dist.losses import encoder_loss  # noqa: E402
 from dali_dist.models import build_models, sample_shape  # noqa: E402
-from dali_dist.precision import PhaseUpdate  # noqa: E402
+from dali_dist.precision import PhaseUpdate, make_adam  # noqa: E402
 from dali_dist.seeding import derive_seed, latent  # noqa: E402
 
 
@@ -49,9 +49,10 @@ def nets_and_opts(cfg, device):
     torch.manual_seed(0)
     G, D, E = build_models(cfg)
     betas = (cfg.optim.beta1, cfg.optim.beta2)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas)
-    opt_ge = torch.optim.Adam([*G.parameters(), *E.parameters()], lr=cfg.optim.lr_g, betas=betas)
-    return G.to(device), D.to(device), E.to(device), opt_d, opt_ge
+    G, D, E = G.to(device), D.to(device), E.to(device)
+    opt_d = make_adam(D.parameters(), cfg.optim.lr_d, betas, device)  # the trainer's Adam (fused on CUDA)
+    opt_ge = make_adam([*G.parameters(), *E.parameters()], cfg.optim.lr_g, betas, device)
+    return G, D, E, opt_d, opt_ge
 
 
 def plain_step_fn(cfg, device):
@@ -95,8 +96,8 @@ def trainer_step_fn(cfg, device):
     G, D, E, opt_d, opt_ge = nets_and_opts(cfg, device)
     G, D, E, opt_d, opt_ge = accelerator.prepare(G, D, E, opt_d, opt_ge)
     fp16 = cfg.train.mixed_precision == "fp16"
-    updates = tuple(PhaseUpdate(name, opt, backward=accelerator.backward, agree=lambda f: agree_any(accelerator, f),
-                                fp16=fp16) for name, opt in (("d", opt_d), ("ge", opt_ge)))
+    updates = tuple(PhaseUpdate(name, opt, backward=accelerator.backward, agree=lambda f: agree_max(accelerator, f),
+                                fp16=fp16, device=device) for name, opt in (("d", opt_d), ("ge", opt_ge)))
     step_fn = DaliStep(Networks(G, D, E, opt_d, opt_ge), variant="dali", lambda_e=cfg.lambda_e,
                        update_order="alternating", autocast=autocast_factory(accelerator, cfg), updates=updates)
     counter = {"step": 0}
@@ -105,8 +106,12 @@ def trainer_step_fn(cfg, device):
         s = counter["step"]
         zs = [latent(len(x), cfg.model.latent_dim, 0, 0, s, i, device=device) for i in range(2)]
         torch.manual_seed(derive_seed("step", 0, 0, s))
-        step_fn([x], zs)
+        stats = step_fn([x], zs)
+        sums = torch.stack(list(stats.values()))  # the trainer sums stats on the device per step
+        counter["sum"] = sums if counter.get("sum") is None else counter["sum"] + sums
         counter["step"] += 1
+        if counter["step"] % 100 == 0:  # and reads them once per tick (log_every=100 in the presets)
+            counter.pop("sum").tolist()
     step.updates = updates  # skipped-step counts for the table
     return step
 

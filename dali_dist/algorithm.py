@@ -112,10 +112,8 @@ class DaliStep:
             stats = self._simultaneous(x_real_batches[0], z_draws[0])
         else:
             stats = self._alternating(x_real_batches, z_draws)
-        # one device-to-host copy for all statistics, not one sync per number
-        names = [k for k, v in stats.items() if torch.is_tensor(v)]
-        values = torch.stack([stats[k].float().reshape(()) for k in names]).tolist() if names else []
-        return {**{k: float(v) for k, v in stats.items() if not torch.is_tensor(v)}, **dict(zip(names, values))}
+        # 0-d tensors, still on the device: the caller copies them to the host once per tick
+        return {k: v.detach().float().reshape(()) for k, v in stats.items()}
 
     def _alternating(self, x_real_batches, z_draws) -> dict:
         """The authors' code: D steps on fresh fakes, then a fresh z for the G+E step."""
@@ -130,7 +128,7 @@ class DaliStep:
             loss_d = self.d_loss_fn(real_logit.float(), fake_logit.float())
             if self.gp_weight:
                 loss_d = loss_d + self.gp_weight * self._penalty(x_real, x_fake)
-            d_ok = self.upd_d.update(loss_d)
+            d_skipped = self.upd_d.update(loss_d)
         stats = self._d_stats(real_logit, fake_logit, loss_d)
 
         # Phase G+E: D frozen, gradients flow through it into G.
@@ -142,13 +140,13 @@ class DaliStep:
             fake_logit, h = n.D_for_g(x_fake)
             loss_g = self.g_loss_fn(fake_logit.float())
             loss_e, e_stats = self._encoder_loss(z, h)
-        ge_ok = self.upd_ge.update(loss_g + loss_e)
+        ge_skipped = self.upd_ge.update(loss_g + loss_e)
         set_trainable([n.D], True)
-        return {**stats, "loss_g": loss_g.detach(), **e_stats, **self._skips(d_ok, ge_ok)}
+        return {**stats, "loss_g": loss_g.detach(), **e_stats, **self._skips(d_skipped, ge_skipped)}
 
-    def _skips(self, d_ok: bool, ge_ok: bool) -> dict:
+    def _skips(self, d_skipped: torch.Tensor, ge_skipped: torch.Tensor) -> dict:
         """1.0 where this iteration skipped a phase (averaged per tick: the skipped fraction)."""
-        return {"skipped_d": 0.0 if d_ok else 1.0, "skipped_ge": 0.0 if ge_ok else 1.0}
+        return {"skipped_d": d_skipped, "skipped_ge": ge_skipped}
 
     def _penalty(self, x_real: torch.Tensor, x_fake: torch.Tensor) -> torch.Tensor:
         """WGAN-GP on random interpolates between real and generated samples."""
@@ -178,7 +176,7 @@ class DaliStep:
                 enc_logit, _ = n.D(x_real, z_hat)
                 gen_logit, _ = n.D(x_fake, z)
             loss_d = ali_d_loss(enc_logit.float(), gen_logit.float())
-            d_ok = self.upd_d.update(loss_d)
+            d_skipped = self.upd_d.update(loss_d)
         stats = self._d_stats(enc_logit, gen_logit, loss_d)
 
         set_trainable([n.D], False)
@@ -189,10 +187,10 @@ class DaliStep:
             enc_logit, _ = n.D_for_g(x_real_batches[-1], z_hat)
             gen_logit, _ = n.D_for_g(n.G(z), z)
             loss_ge = ali_ge_loss(enc_logit.float(), gen_logit.float())
-        ge_ok = self.upd_ge.update(loss_ge)
+        ge_skipped = self.upd_ge.update(loss_ge)
         set_trainable([n.D], True)
         return {**stats, "loss_g": loss_ge.detach(), "sigma_mean": torch.exp(0.5 * logvar.detach().float()).mean(),
-                **self._skips(d_ok, ge_ok)}
+                **self._skips(d_skipped, ge_skipped)}
 
     def _simultaneous(self, x_real, z) -> dict:
         """Algorithm 1 as printed: one forward; D and (G, E) both step on gradients taken
@@ -210,7 +208,7 @@ class DaliStep:
         self.upd_ge.zero_grad()
         self.upd_d.backward(loss_d, inputs=_params(n.D), retain_graph=True)
         self.upd_ge.backward(loss_g + loss_e, inputs=_params(n.G, n.E))
-        d_ok = self.upd_d.step()
-        ge_ok = self.upd_ge.step()
+        d_skipped = self.upd_d.step()
+        ge_skipped = self.upd_ge.step()
         return {**self._d_stats(real_logit, fake_logit, loss_d), "loss_g": loss_g.detach(), **e_stats,
-                **self._skips(d_ok, ge_ok)}
+                **self._skips(d_skipped, ge_skipped)}

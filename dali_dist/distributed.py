@@ -54,8 +54,8 @@ def autocast_factory(accelerator: Accelerator, cfg: Config):
     return partial(torch.autocast, device_type=accelerator.device.type, dtype=dtype)
 
 
-def agree_any(accelerator: Accelerator, flag: torch.Tensor) -> bool:
-    """True on every rank when the 0-d ``flag`` is nonzero on any rank.
+def agree_max(accelerator: Accelerator, flag: torch.Tensor) -> torch.Tensor:
+    """The 0-d ``flag``'s maximum over all ranks, left on the device (no host sync).
 
     Under DDP the averaged gradients are identical on all ranks, so a NaN anywhere is a NaN
     everywhere and every rank reaches the same verdict by itself; under ZeRO each rank holds
@@ -63,9 +63,8 @@ def agree_any(accelerator: Accelerator, flag: torch.Tensor) -> bool:
     and makes "no rank ever skips a step alone" true by construction.
     """
     if accelerator.num_processes == 1:
-        return bool(flag.item())
-    flag = flag.reshape(1).to(accelerator.device, torch.float32)
-    return bool(accelerator.reduce(flag, reduction="max").item())
+        return flag
+    return accelerator.reduce(flag.reshape(1).float(), reduction="max").reshape(())
 
 
 def requested_processes(cmdline: list[str]) -> int | None:

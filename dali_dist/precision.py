@@ -3,11 +3,18 @@
 Why not Accelerate's GradScaler: it is one scaler shared by both optimizers, and in a GAN
 step D's optimizer steps before G's backward runs, so an overflow in one phase would skip or
 rescale the other. Each phase here (D, and G+E) owns a scale, checks its own gradients after
-backward, and skips only its own step. The skip is agreed across ranks (``agree``), so no
-rank ever steps alone; the count lands in stats and in the checkpoint's train state.
+backward, and skips only its own step. The verdict is agreed across ranks (``agree``), so no
+rank ever steps alone; counts land in stats and in the checkpoint's train state.
 
 The same check guards bf16 and fp32 (scale fixed at 1): a NaN or inf gradient skips the step
 instead of poisoning Adam's moments.
+
+No host synchronisation on GPU: the scale, the verdict and the counters are device tensors
+(torch's own AMP kernels check, unscale and update the scale), the agreement is an all-reduce
+on the device, and a fused Adam skips on the device when handed ``found_inf`` (as GradScaler
+does). Each .item() would otherwise stall the launch queue twice per iteration; measured on
+an H100 that was most of the trainer's overhead over a plain loop (benchmarks/train_step.py).
+Other optimizers fall back to one host read per phase.
 """
 
 from __future__ import annotations
@@ -20,24 +27,22 @@ FP16_INIT_SCALE = 2.0 ** 16
 FP16_GROWTH_INTERVAL = 2000  # steps without overflow before the scale doubles (GradScaler's default)
 
 
+def make_adam(params, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.Adam:
+    """Adam, fused on CUDA (one kernel per step, and on-device skips through ``found_inf``)."""
+    return torch.optim.Adam(params, lr=lr, betas=betas, fused=device.type == "cuda" or None)
+
+
+def _inner(optimizer):
+    """The torch optimizer under Accelerate's wrapper."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
 def _params(optimizer) -> list[torch.Tensor]:
     return [p for group in optimizer.param_groups for p in group["params"]]
 
 
-def grads_finite_unscaled(params: list[torch.Tensor], inv_scale: float) -> torch.Tensor:
-    """Unscale the gradients in place; returns a 0-d float tensor, 1.0 if any is not finite."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.zeros(())
-    if inv_scale != 1.0:
-        torch._foreach_mul_(grads, inv_scale)
-    # a sum of norms is non-finite iff some gradient is: one reduction, not one sync per tensor
-    total = torch.stack([n.float() for n in torch._foreach_norm(grads)]).sum()
-    return (~torch.isfinite(total)).float()
-
-
 class PhaseUpdate:
-    """backward(loss) then step() -> True when the optimizer stepped, False when skipped."""
+    """backward(loss) then step() -> 0-d tensor, 1.0 where the step was skipped."""
 
     def __init__(
         self,
@@ -45,43 +50,71 @@ class PhaseUpdate:
         optimizer,
         *,
         backward: Callable[..., None],
-        agree: Optional[Callable[[torch.Tensor], bool]] = None,
+        agree: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
         fp16: bool = False,
+        device: torch.device | str = "cpu",
     ):
         self.name = name
         self.optimizer = optimizer
         self._backward = backward
-        self._agree = agree or (lambda flag: bool(flag.item()))
+        self._agree = agree or (lambda flag: flag)
         self.fp16 = fp16
-        self.scale = FP16_INIT_SCALE if fp16 else 1.0
-        self.good_steps = 0  # steps since the last overflow (fp16 growth)
-        self.skipped = 0  # total skipped steps of this phase
-        self.last_skipped = False
+        device = torch.device(device)
+        self._scale = torch.full((), FP16_INIT_SCALE if fp16 else 1.0, device=device)
+        self._growth = torch.zeros((), dtype=torch.int32, device=device)  # good steps since the last overflow
+        self._skipped = torch.zeros((), device=device)
+        self._run = torch.zeros((), device=device)  # skipped steps in a row, now
+        self._max_run = torch.zeros((), device=device)  # the longest such run since the last read
+        self._one = torch.ones((), device=device)
+        inner = _inner(optimizer)
+        self._on_device_skip = bool(inner.defaults.get("fused")) and isinstance(inner, (torch.optim.Adam, torch.optim.AdamW))
+
+    # host reads, for logs and checkpoints only
+    @property
+    def scale(self) -> float:
+        return float(self._scale)
+
+    @property
+    def skipped(self) -> int:
+        return int(self._skipped)
+
+    def pop_longest_run(self) -> int:
+        """The longest run of consecutive skips since the last call (then reset to the current run)."""
+        longest = int(self._max_run)
+        self._max_run.copy_(self._run)
+        return longest
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
     def backward(self, loss: torch.Tensor, **kwargs) -> None:
-        self._backward(loss * self.scale if self.scale != 1.0 else loss, **kwargs)
+        self._backward(loss * self._scale if self.fp16 else loss, **kwargs)
 
-    def step(self) -> bool:
-        flag = grads_finite_unscaled(_params(self.optimizer), 1.0 / self.scale)
-        bad = self._agree(flag)
-        self.last_skipped = bad
-        if bad:
-            self.skipped += 1
-            self.good_steps = 0
-            if self.fp16:
-                self.scale = max(self.scale * 0.5, 1.0)
-        else:
+    def step(self) -> torch.Tensor:
+        grads = [p.grad for p in _params(self.optimizer) if p.grad is not None]
+        found_inf = torch.zeros((), device=self._scale.device)
+        if grads:
+            inv_scale = self._scale.reciprocal() if self.fp16 else self._one
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
+        found_inf = self._agree(found_inf)
+        inner = _inner(self.optimizer)
+        if self._on_device_skip:
+            inner.found_inf, inner.grad_scale = found_inf, None  # the fused kernel skips on the device
+            try:
+                self.optimizer.step()
+            finally:
+                del inner.found_inf, inner.grad_scale
+        elif not found_inf.item():
             self.optimizer.step()
-            self.good_steps += 1
-            if self.fp16 and self.good_steps % FP16_GROWTH_INTERVAL == 0:
-                self.scale *= 2.0
+        if self.fp16:
+            torch._amp_update_scale_(self._scale, self._growth, found_inf, 2.0, 0.5, FP16_GROWTH_INTERVAL)
+        self._skipped += found_inf
+        self._run.add_(1).mul_(found_inf)
+        torch.maximum(self._max_run, self._run, out=self._max_run)
         self.zero_grad()  # free memory; no stale gradients leak into the next phase
-        return not bad
+        return found_inf
 
-    def update(self, loss: torch.Tensor) -> bool:
+    def update(self, loss: torch.Tensor) -> torch.Tensor:
         """zero_grad, backward, step: the whole phase for one loss."""
         self.zero_grad()
         self.backward(loss)
@@ -89,9 +122,9 @@ class PhaseUpdate:
 
     # JSON-friendly: the train state holds no pickles
     def state_dict(self) -> dict:
-        return {"scale": self.scale, "good_steps": self.good_steps, "skipped": self.skipped}
+        return {"scale": self.scale, "good_steps": int(self._growth), "skipped": self.skipped}
 
     def load_state_dict(self, state: dict) -> None:
-        self.scale = float(state.get("scale", self.scale))
-        self.good_steps = int(state.get("good_steps", 0))
-        self.skipped = int(state.get("skipped", 0))
+        self._scale.fill_(float(state.get("scale", self.scale)))
+        self._growth.fill_(int(state.get("good_steps", 0)))
+        self._skipped.fill_(int(state.get("skipped", 0)))

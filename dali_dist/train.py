@@ -34,13 +34,13 @@ from .checkpoint import (
 from .cli_util import exits_cleanly
 from .config import Config, dump_yaml, load_config
 from .distributed import (
-    agree_any, any_rank, autocast_factory, check_world_size, make_accelerator, per_rank_batch, replicas_agree,
+    agree_max, any_rank, autocast_factory, check_world_size, make_accelerator, per_rank_batch, replicas_agree,
 )
 from .ema import EMA
 from .errors import RankStoppedAnswering, TrainingDiverged, UserError
 from .mixture import GridStream, grid_means
 from .models import build_models, encode
-from .precision import PhaseUpdate
+from .precision import PhaseUpdate, make_adam
 from .schedule import lr_factor
 from .seeding import derive_seed, latent
 from .tracking import NullTracker, git_info, start_tracking, system_metrics
@@ -48,6 +48,7 @@ from .visualize import image_grid_png, scatter_png, to_uint8_images
 from .watchdog import RankWatchdog
 
 EXIT_REQUEUE = 75
+STOP_POLL_EVERY = 10  # steps between stop-request checks when several processes must agree
 # Learning rates are per-optimizer-step values for the *global* batch in the config: the
 # global batch stays fixed when the world size changes, so the learning rates need no change.
 LR_RULE = "global batch fixed by config; per-device batch = global / world size; lr unchanged"
@@ -282,8 +283,16 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
         use_sync_batchnorm(accelerator, G, D, E)
     ge_params = list(G.parameters()) + (list(E.parameters()) if E is not None else [])
     betas = (cfg.optim.beta1, cfg.optim.beta2)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas)
-    opt_ge = torch.optim.Adam(ge_params, lr=cfg.optim.lr_g, betas=betas)
+    if cfg.train.strategy == "ddp":
+        # fused Adam on CUDA wants its parameters there when it is built (prepare would move them anyway)
+        for net in (G, D, E):
+            if net is not None:
+                net.to(accelerator.device)
+        opt_d = make_adam(D.parameters(), cfg.optim.lr_d, betas, accelerator.device)
+        opt_ge = make_adam(ge_params, cfg.optim.lr_g, betas, accelerator.device)
+    else:  # ZeRO wraps a plain torch Adam and skips by itself
+        opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas)
+        opt_ge = torch.optim.Adam(ge_params, lr=cfg.optim.lr_g, betas=betas)
     ema_g = EMA(G, cfg.train.ema_beta) if cfg.train.ema_beta > 0 else None
     ema_e = EMA(E, cfg.train.ema_beta) if cfg.train.ema_beta > 0 and E is not None else None
 
@@ -314,7 +323,8 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
         if E is not None:
             E = accelerator.prepare(E)
         updates = tuple(
-            PhaseUpdate(name, opt, backward=accelerator.backward, agree=lambda f: agree_any(accelerator, f), fp16=fp16)
+            PhaseUpdate(name, opt, backward=accelerator.backward, agree=lambda f: agree_max(accelerator, f), fp16=fp16,
+                        device=accelerator.device)
             for name, opt in (("d", opt_d), ("ge", opt_ge))
         )
     if ema_g is not None:
@@ -397,14 +407,27 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
 
     # -- the loop: per-step work first, per-tick upkeep after -------------------------------
     stats_file = open(run_dir / "stats.jsonl", "a") if accelerator.is_main_process else None
-    tick_sums: dict[str, float] = {}
+    tick_sum: Optional[torch.Tensor] = None  # per-step statistics summed on the device, read once per tick
     tick_n, tick_start, session_start = 0, time.perf_counter(), time.perf_counter()
     elapsed_before = state.elapsed_s
     bar = tqdm(total=cfg.train.steps, initial=state.step, disable=not accelerator.is_main_process,
                dynamic_ncols=True, desc="train")
     exit_code = 0
     status = "FAILED"
-    bad_in_a_row = 0
+    # with several processes a stop request costs an all-reduce and a host sync: ask every few steps
+    stop_poll_every = 1 if world == 1 else STOP_POLL_EVERY
+
+    def check_divergence() -> None:
+        """Stop when a phase was skipped max_nonfinite iterations in a row (skips are agreed
+        across ranks, so every rank reaches the same verdict)."""
+        longest = max(upd.pop_longest_run() for upd in updates)
+        if longest >= cfg.train.max_nonfinite:
+            last_good = complete_checkpoints(run_dir)
+            raise TrainingDiverged(
+                f"{run_dir}: {longest} iterations in a row had non-finite losses or gradients (by step "
+                f"{state.step}); stopped without checkpointing, last good checkpoint: "
+                f"{last_good[-1][1] if last_good else 'none'}; lower the learning rates or use bf16")
+
     watchdog = RankWatchdog.for_process_group(rank, world, cfg.train.dist_timeout_s)
     try:
         while state.step < cfg.train.steps:
@@ -431,25 +454,24 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
                     ema_e.update(unwrap(E))
             state.step += 1
             bar.update(1)
-            for k, v in stats.items():
-                tick_sums[k] = tick_sums.get(k, 0.0) + v
+            stat_names = list(stats)
+            step_vec = torch.stack(list(stats.values()))
+            tick_sum = step_vec if tick_sum is None else tick_sum + step_vec
             tick_n += 1
-            # a skipped phase is agreed across ranks, so every rank counts the same
-            bad_in_a_row = bad_in_a_row + 1 if stats["skipped_d"] or stats["skipped_ge"] else 0
-            if bad_in_a_row >= cfg.train.max_nonfinite:
-                last_good = complete_checkpoints(run_dir)
-                raise TrainingDiverged(
-                    f"{run_dir}: {bad_in_a_row} iterations in a row had non-finite losses or gradients "
-                    f"(step {state.step}, last losses {({k: stats[k] for k in stats if k.startswith('loss')})}); "
-                    f"stopped without checkpointing, last good checkpoint: "
-                    f"{last_good[-1][1] if last_good else 'none'}; lower the learning rates or use bf16")
+            if device.type != "cuda":  # no launch queue to stall: check every step
+                check_divergence()
 
             # per-tick upkeep (a stop request flushes the tick, checkpoints and leaves)
             last = state.step >= cfg.train.steps
-            stopping = not last and any_rank(accelerator, stopper.requested())
-            if state.step % cfg.train.log_every == 0 or last or stopping:
+            stopping = not last and state.step % stop_poll_every == 0 and any_rank(accelerator, stopper.requested())
+            ticking = state.step % cfg.train.log_every == 0 or last or stopping
+            checkpointing = checkpoint_due(state.step) or last or stopping
+            if ticking or checkpointing:
+                check_divergence()
+            if ticking:
                 now = time.perf_counter()
-                record = {"step": state.step, **{k: v / tick_n for k, v in tick_sums.items()},
+                means = (tick_sum / tick_n).tolist()  # the tick's one device-to-host copy
+                record = {"step": state.step, **dict(zip(stat_names, means)),
                           "lr_g": base_lrs[1] * f, "lr_d": base_lrs[0] * f,
                           "skipped_d_total": updates[0].skipped, "skipped_ge_total": updates[1].skipped,
                           **({"loss_scale_d": updates[0].scale, "loss_scale_ge": updates[1].scale} if fp16 else {}),
@@ -460,7 +482,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
                     stats_file.flush()
                 tracker.log_metrics({**{k: v for k, v in record.items() if k != "step"}, **system_metrics()}, step=state.step)
                 bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss_d", "loss_g", "loss_e") if k in record})
-                tick_sums, tick_n, tick_start = {}, 0, now
+                tick_sum, tick_n, tick_start = None, 0, now
             if accelerator.is_main_process and cfg.train.sample_every and (state.step % cfg.train.sample_every == 0 or last):
                 sample_g = precise_bn_copy(ema_g.shadow if ema_g else unwrap(G), d, batches=cfg.train.export_bn_batches,
                                            batch_size=batch, seed=cfg.train.seed)
@@ -471,7 +493,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
                     png = write_reconstructions(run_dir, state.step, cfg, sample_g, unwrap(D), export_e, x_recon)
                     tracker.log_artifact(png, "images")
             state.elapsed_s = elapsed_before + time.perf_counter() - session_start
-            if checkpoint_due(state.step) or last or stopping:
+            if checkpointing:
                 checkpoint()
             if stopping:
                 accelerator.print(f"stop requested: checkpointed step {state.step}, exiting {EXIT_REQUEUE} to be requeued")

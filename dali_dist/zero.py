@@ -107,7 +107,7 @@ class ZeroPhase:
         self.name = name
         self.engine = engine
         self.skipped = 0
-        self.last_skipped = False
+        self._run = self._max_run = 0
 
     def zero_grad(self) -> None:
         pass  # the engine clears its gradient partitions in step()
@@ -117,14 +117,19 @@ class ZeroPhase:
             raise UserError("DeepSpeed phases take the whole loss (train.update_order=alternating)")
         self.engine.backward(loss)
 
-    def step(self) -> bool:
-        self.engine.step()
-        ok = bool(self.engine.was_step_applied())  # False: ZeRO saw inf/NaN on some rank; all skipped
-        self.last_skipped = not ok
-        self.skipped += not ok
-        return ok
+    def step(self) -> torch.Tensor:
+        self.engine.step()  # ZeRO's step syncs on its own overflow check anyway
+        skipped = not self.engine.was_step_applied()  # ZeRO saw inf/NaN on some rank: every rank skipped
+        self.skipped += skipped
+        self._run = self._run + 1 if skipped else 0
+        self._max_run = max(self._max_run, self._run)
+        return torch.tensor(float(skipped))
 
-    def update(self, loss: torch.Tensor) -> bool:
+    def pop_longest_run(self) -> int:
+        longest, self._max_run = self._max_run, self._run
+        return longest
+
+    def update(self, loss: torch.Tensor) -> torch.Tensor:
         self.backward(loss)
         return self.step()
 

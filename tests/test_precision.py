@@ -29,21 +29,39 @@ def _loss(m, bad=False):
     return out * float("inf") if bad else out
 
 
+def test_fused_adam_skips_on_the_device_without_a_host_read(monkeypatch):
+    """The GPU path: found_inf goes to the fused kernel, which leaves params and moments alone."""
+    if not torch.cuda.is_available():
+        pytest.skip("fused Adam with found_inf needs CUDA")
+    torch.manual_seed(0)
+    m = torch.nn.Linear(3, 2).cuda()
+    opt = precision.make_adam(m.parameters(), 0.1, (0.5, 0.999), torch.device("cuda"))
+    upd = PhaseUpdate("d", opt, backward=lambda l, **k: l.backward(**k), device="cuda")
+    assert upd._on_device_skip
+    upd.update(m(torch.ones(4, 3, device="cuda")).pow(2).mean())
+    before = [p.detach().clone() for p in m.parameters()]
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("host read in step()"))
+    upd.update(m(torch.ones(4, 3, device="cuda")).pow(2).mean() * float("inf"))
+    monkeypatch.undo()
+    assert upd.skipped == 1 and all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
+    assert all(s["step"].item() == 1 for s in opt.state.values())
+
+
 def test_fp16_scaled_step_equals_plain_step_and_overflow_skips_and_backs_off():
     plain, opt_plain = _model_and_opt()
     scaled, opt_scaled = _model_and_opt()
     ref = PhaseUpdate("ref", opt_plain, backward=lambda l, **k: l.backward(**k))
     upd = PhaseUpdate("d", opt_scaled, backward=lambda l, **k: l.backward(**k), fp16=True)
     assert upd.scale == FP16_INIT_SCALE
-    assert ref.update(_loss(plain)) and upd.update(_loss(scaled))
+    assert not ref.update(_loss(plain)) and not upd.update(_loss(scaled))  # returns "skipped"
     # a power-of-two scale is exact: the unscaled gradients, hence the Adam steps, match
     for a, b in zip(plain.parameters(), scaled.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-7)
 
     before = [p.detach().clone() for p in scaled.parameters()]
     adam_steps = [s["step"].item() for s in opt_scaled.state.values()]
-    assert not upd.update(_loss(scaled, bad=True))
-    assert upd.skipped == 1 and upd.last_skipped and upd.scale == FP16_INIT_SCALE / 2
+    assert upd.update(_loss(scaled, bad=True))
+    assert upd.skipped == 1 and upd.scale == FP16_INIT_SCALE / 2
     assert all(torch.equal(a, b) for a, b in zip(before, scaled.parameters()))
     assert [s["step"].item() for s in opt_scaled.state.values()] == adam_steps  # Adam did not move
     assert all(p.grad is None for p in scaled.parameters())  # no stale gradient leaks on
@@ -55,20 +73,26 @@ def test_fp16_scale_grows_after_an_interval_of_good_steps(monkeypatch):
     upd = PhaseUpdate("ge", opt, backward=lambda l, **k: l.backward(**k), fp16=True)
     upd.update(_loss(m, bad=True))
     for _ in range(3):
-        assert upd.update(_loss(m))
+        assert not upd.update(_loss(m))
     assert upd.scale == FP16_INIT_SCALE  # halved once, doubled once
     state = json.loads(json.dumps(upd.state_dict()))  # JSON round trip: no pickles
     fresh = PhaseUpdate("ge", opt, backward=None, fp16=True)
     fresh.load_state_dict(state)
-    assert fresh.state_dict() == upd.state_dict() == {"scale": FP16_INIT_SCALE, "good_steps": 3, "skipped": 1}
+    # the growth counter restarts after each doubling, as in torch.amp.GradScaler
+    assert fresh.state_dict() == upd.state_dict() == {"scale": FP16_INIT_SCALE, "good_steps": 0, "skipped": 1}
 
 
 def test_bf16_and_fp32_skip_non_finite_gradients_without_scaling():
     m, opt = _model_and_opt()
     upd = PhaseUpdate("d", opt, backward=lambda l, **k: l.backward(**k))
     assert upd.scale == 1.0
-    assert not upd.update(_loss(m, bad=True)) and upd.scale == 1.0 and upd.skipped == 1
-    assert upd.update(_loss(m)) and upd.skipped == 1
+    assert upd.update(_loss(m, bad=True)) and upd.scale == 1.0 and upd.skipped == 1
+    assert not upd.update(_loss(m)) and upd.skipped == 1
+    upd.update(_loss(m, bad=True)), upd.update(_loss(m, bad=True))
+    assert upd.pop_longest_run() == 2  # consecutive skips, counted on the device
+    assert not upd.update(_loss(m))
+    assert upd.pop_longest_run() == 2  # a run still open at a read is carried into the next one
+    assert upd.pop_longest_run() == 0
 
 
 def _free_port():
@@ -81,7 +105,7 @@ def _two_ranks(rank, port, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
 
-    class Shim:  # the two attributes and the method agree_any uses from an Accelerator
+    class Shim:  # the two attributes and the method agree_max uses from an Accelerator
         num_processes, device = 2, torch.device("cpu")
 
         @staticmethod
@@ -89,13 +113,13 @@ def _two_ranks(rank, port, out):
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             return t
 
-    from dali_dist.distributed import agree_any
+    from dali_dist.distributed import agree_max
 
     m, opt = _model_and_opt()
-    upd = PhaseUpdate("d", opt, backward=lambda l, **k: l.backward(**k), agree=lambda f: agree_any(Shim, f))
+    upd = PhaseUpdate("d", opt, backward=lambda l, **k: l.backward(**k), agree=lambda f: agree_max(Shim, f))
     # no DDP here: only rank 1 sees an inf gradient, and rank 0 must skip with it
-    stepped = upd.update(_loss(m, bad=rank == 1))
-    torch.save({"stepped": stepped, "w": m.weight.detach().clone()}, f"{out}/rank{rank}.pt")
+    skipped = upd.update(_loss(m, bad=rank == 1))
+    torch.save({"stepped": not bool(skipped), "w": m.weight.detach().clone()}, f"{out}/rank{rank}.pt")
     dist.destroy_process_group()
 
 
@@ -134,7 +158,7 @@ def test_trainer_skips_and_counts_non_finite_steps_and_keeps_going(tmp_path, tin
 @pytest.mark.timeout(120)
 def test_k_non_finite_iterations_in_a_row_stop_with_the_last_good_checkpoint(tmp_path, tiny_grid_cfg, monkeypatch):
     _poison(monkeypatch, set(range(12, 100)))
-    with pytest.raises(TrainingDiverged, match="4 iterations in a row.*step-10"):
+    with pytest.raises(TrainingDiverged, match="4 iterations in a row.*by step 16.*step-10"):
         train(tiny_grid_cfg("train.steps=40", "train.max_nonfinite=4"), tmp_path)
     assert [s for s, _ in complete_checkpoints(tmp_path)] == [10]
     assert not list((tmp_path / "checkpoints").glob(".tmp*"))
