@@ -116,6 +116,34 @@ def trainer_step_fn(cfg, device):
     return step
 
 
+def zero_step_fn(cfg, device, stage: int = 2):
+    """The trainer's step under train.strategy=zero2 (two DeepSpeed engines, one process)."""
+    from dali_dist import zero
+
+    torch.manual_seed(0)
+    G, D, E = build_models(cfg)
+    betas = (cfg.optim.beta1, cfg.optim.beta2)
+    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas)
+    opt_ge = torch.optim.Adam([*G.parameters(), *E.parameters()], lr=cfg.optim.lr_g, betas=betas)
+    engine_d, engine_ge, _ = zero.build_engines(stage, G, D, E, opt_d, opt_ge, cfg.train.batch_size, 1, device)
+    updates = (zero.ZeroPhase("d", engine_d), zero.ZeroPhase("ge", engine_ge))
+    from accelerate import Accelerator
+
+    step_fn = DaliStep(Networks(engine_ge, engine_d, E, opt_d, opt_ge, D_frozen=D), variant="dali",
+                       lambda_e=cfg.lambda_e, update_order="alternating",
+                       autocast=autocast_factory(Accelerator(cpu=device.type != "cuda"), cfg), updates=updates)
+    counter = {"step": 0}
+
+    def step(x):
+        s = counter["step"]
+        zs = [latent(len(x), cfg.model.latent_dim, 0, 0, s, i, device=device) for i in range(2)]
+        torch.manual_seed(derive_seed("step", 0, 0, s))
+        step_fn([x], zs)
+        counter["step"] += 1
+    step.updates = updates
+    return step
+
+
 def timed(step, x, n, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -135,6 +163,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20, help="steps per timed block")
     ap.add_argument("--blocks", type=int, default=5, help="alternating blocks per side")
     ap.add_argument("--warmup", type=int, default=5)
+    ap.add_argument("--zero2", action="store_true", help="also time the DeepSpeed ZeRO-2 trainer step (fp32/bf16)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "train_step.json")
     args = ap.parse_args()
 
@@ -151,6 +180,8 @@ def main() -> None:
         batch = cfg.train.batch_size
         x = torch.rand(batch, *sample_shape(cfg), device=device) * 2 - 1
         sides = {"plain": plain_step_fn(cfg, device), "trainer": trainer_step_fn(cfg, device)}
+        if args.zero2 and precision != "fp16":
+            sides["zero2"] = zero_step_fn(cfg, device)
         times = {k: [] for k in sides}
         for name, step in sides.items():
             timed(step, x, args.warmup, device)
@@ -162,20 +193,22 @@ def main() -> None:
                "overhead_pct": 100 * (med["trainer"] / med["plain"] - 1),
                "plain_img_s": batch / med["plain"], "trainer_img_s": batch / med["trainer"],
                "trainer_skipped_steps": {u.name: u.skipped for u in sides["trainer"].updates},
+               **({"zero2_ms": 1e3 * med["zero2"], "zero2_img_s": batch / med["zero2"]} if "zero2" in med else {}),
                "trainer_steps": args.warmup + args.blocks * args.steps,
                "blocks_ms": {k: [1e3 * t for t in v] for k, v in times.items()}}
         rows.append(row)
         print(f"{precision:>4}: plain {row['plain_ms']:.2f} ms  trainer {row['trainer_ms']:.2f} ms  "
-              f"overhead {row['overhead_pct']:+.1f} %  ({row['trainer_img_s']:.0f} img/s)", flush=True)
+              f"overhead {row['overhead_pct']:+.1f} %  ({row['trainer_img_s']:.0f} img/s)"
+              + (f"  zero2 {row['zero2_ms']:.2f} ms ({row['zero2_img_s']:.0f} img/s)" if "zero2_ms" in row else ""), flush=True)
     base = next((r for r in rows if r["precision"] == "no"), None)
     dev_name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
     print(f"\n{args.config}, {dev_name}, torch {torch.__version__}, {args.blocks} blocks x {args.steps} steps, medians")
-    print("| precision | batch | plain ms/step | trainer ms/step | trainer overhead | trainer img/s | speed vs fp32 |")
-    print("|---|---|---|---|---|---|---|")
+    print("| precision | batch | plain ms/step | trainer ms/step | trainer overhead | trainer img/s | speed vs fp32 | ZeRO-2 img/s |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         speed = f"{base['trainer_ms'] / r['trainer_ms']:.2f}x" if base else "-"
         print(f"| {r['precision']} | {r['batch']} | {r['plain_ms']:.2f} | {r['trainer_ms']:.2f} | {r['overhead_pct']:+.1f} % | "
-              f"{r['trainer_img_s']:.0f} | {speed} |")
+              f"{r['trainer_img_s']:.0f} | {speed} | {format(r['zero2_img_s'], '.0f') if 'zero2_img_s' in r else '-'} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": " ".join(sys.argv), "config": args.config, "device": dev_name,
                                     "torch": torch.__version__, "rows": rows}, indent=2))
