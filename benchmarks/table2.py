@@ -41,10 +41,21 @@ def main() -> None:
     args = ap.parse_args()
 
     jobs = [(v, s) for v in args.variants for s in args.seeds]
+    done: dict = {}
+    partial = args.out.with_suffix(".partial.json")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+
+    def one(vs):
+        variant, seed = vs
+        row = run_seed(seed, args.run_root, [f"model.variant={variant}", f"name={variant}-s{seed}", *args.overrides],
+                       args.threads, name=f"{variant}-seed-{seed}")
+        done[vs] = row  # each finished run is kept at once: a long benchmark cut short loses nothing
+        partial.write_text(json.dumps({f"{v}/{s}": r for (v, s), r in done.items()}, indent=2))
+        print(f"{variant} seed {seed}: {row['modes_captured']} modes, {row['high_quality_pct']:.1f} % HQ", flush=True)
+        return row
+
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        done = dict(zip(jobs, pool.map(
-            lambda vs: run_seed(vs[1], args.run_root, [f"model.variant={vs[0]}", f"name={vs[0]}-s{vs[1]}", *args.overrides],
-                                args.threads, name=f"{vs[0]}-seed-{vs[1]}"), jobs)))
+        list(pool.map(one, jobs))
     results = {}
     for variant in args.variants:
         rows = [done[(variant, seed)] for seed in args.seeds]
