@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -47,18 +48,27 @@ def main() -> None:
 
     def one(vs):
         variant, seed = vs
-        row = run_seed(seed, args.run_root, [f"model.variant={variant}", f"name={variant}-s{seed}", *args.overrides],
-                       args.threads, name=f"{variant}-seed-{seed}")
+        try:
+            row = run_seed(seed, args.run_root, [f"model.variant={variant}", f"name={variant}-s{seed}", *args.overrides],
+                           args.threads, name=f"{variant}-seed-{seed}")
+            print(f"{variant} seed {seed}: {row['modes_captured']} modes, {row['high_quality_pct']:.1f} % HQ", flush=True)
+        except subprocess.CalledProcessError as exc:  # e.g. exit 1: diverged (train.max_nonfinite)
+            row = {"seed": seed, "failed": f"exit code {exc.returncode}"}
+            print(f"{variant} seed {seed}: FAILED ({row['failed']})", flush=True)
         done[vs] = row  # each finished run is kept at once: a long benchmark cut short loses nothing
         partial.write_text(json.dumps({f"{v}/{s}": r for (v, s), r in done.items()}, indent=2))
-        print(f"{variant} seed {seed}: {row['modes_captured']} modes, {row['high_quality_pct']:.1f} % HQ", flush=True)
         return row
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         list(pool.map(one, jobs))
     results = {}
     for variant in args.variants:
-        rows = [done[(variant, seed)] for seed in args.seeds]
+        rows = [done[(variant, seed)] for seed in args.seeds if "failed" not in done[(variant, seed)]]
+        failed = [done[(variant, seed)] for seed in args.seeds if "failed" in done[(variant, seed)]]
+        if not rows:
+            results[variant] = {"seeds": failed, "failed_seeds": len(failed)}
+            print(f"{variant:>8}: every seed failed")
+            continue
         modes = [r["modes_captured"] for r in rows]
         hq = [r["high_quality_pct"] for r in rows]
         results[variant] = {
@@ -66,15 +76,20 @@ def main() -> None:
             "modes_mean": statistics.mean(modes), "modes_std": statistics.pstdev(modes),
             "hq_mean": statistics.mean(hq), "hq_std": statistics.pstdev(hq),
             "train_s_mean": statistics.mean(r["train_s"] for r in rows),
+            "failed_seeds": len(failed), "seeds_failed": failed,
         }
         r = results[variant]
         print(f"{variant:>8}: modes {r['modes_mean']:.1f} ± {r['modes_std']:.1f}   HQ {r['hq_mean']:.1f} ± {r['hq_std']:.1f} %"
               f"   {r['train_s_mean']:.0f} s/seed   (paper: {PAPER.get(variant, ('-', '-'))})", flush=True)
-    print(f"\n| variant | modes (max 25) | % high quality | train s/seed | paper modes | paper HQ % |\n|---|---|---|---|---|---|")
+    print(f"\n| variant | modes (max 25) | % high quality | failed seeds | train s/seed | paper modes | paper HQ % |\n"
+          "|---|---|---|---|---|---|---|")
     for v, r in results.items():
         pm, ph = PAPER.get(v, ("-", "-"))
+        if "modes_mean" not in r:
+            print(f"| {v} | - | - | {r['failed_seeds']} | - | {pm} | {ph} |")
+            continue
         print(f"| {v} | {r['modes_mean']:.1f} ± {r['modes_std']:.1f} | {r['hq_mean']:.1f} ± {r['hq_std']:.1f} | "
-              f"{r['train_s_mean']:.0f} | {pm} | {ph} |")
+              f"{r['failed_seeds']} | {r['train_s_mean']:.0f} | {pm} | {ph} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": " ".join(sys.argv), "overrides": args.overrides,
                                     "results": results}, indent=2))
