@@ -81,7 +81,7 @@ def main() -> None:
         r = results[variant]
         print(f"{variant:>8}: modes {r['modes_mean']:.1f} ± {r['modes_std']:.1f}   HQ {r['hq_mean']:.1f} ± {r['hq_std']:.1f} %"
               f"   {r['train_s_mean']:.0f} s/seed   (paper: {PAPER.get(variant, ('-', '-'))})", flush=True)
-    print(f"\n| variant | modes (max 25) | % high quality | failed seeds | train s/seed | paper modes | paper HQ % |\n"
+    print("\n| variant | modes (max 25) | % high quality | failed seeds | train s/seed | paper modes | paper HQ % |\n"
           "|---|---|---|---|---|---|---|")
     for v, r in results.items():
         pm, ph = PAPER.get(v, ("-", "-"))
