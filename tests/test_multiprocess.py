@@ -128,3 +128,26 @@ def test_a_rank_that_stops_answering_is_named(tmp_path):
     assert "rank(s) 1 stopped answering" in err, err[-3000:]
     assert "error: rank(s) 1 stopped answering" in err  # the one-line error of rank 0
     assert time.time() - stopped_at < 120
+
+
+@pytest.mark.timeout(300)
+def test_two_simulated_nodes_on_loopback_train_and_agree(tmp_path):
+    """Two launchers, one per "node" (machine_rank 0 and 1), rendezvous on 127.0.0.1, as
+    slurm/node_launch.sh starts them on a real cluster; replicas are compared at every checkpoint."""
+    sets = [a for s in [*TINY_GRID, "train.steps=12", "train.checkpoint_every=6"] for a in ("--set", s)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    nodes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "launch/cpu-multi-node.yaml"),
+             "--num_machines", "2", "--num_processes", "2", "--machine_rank", str(rank),
+             "--main_process_ip", "127.0.0.1", "--main_process_port", "29566",
+             "-m", "dali_dist.train", "--config", "grid2d", "--run-dir", str(tmp_path), *sets],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+        for rank in (0, 1)
+    ]
+    outs = [p.communicate(timeout=240) for p in nodes]
+    for p, (out, err) in zip(nodes, outs):
+        assert p.returncode == 0, err[-3000:]
+    assert "2 process(es)" in outs[0][0]
+    assert (tmp_path / "checkpoints/step-12/train_state.json").is_file()
+    assert (tmp_path / "exit_code").read_text() == "0\n"
