@@ -450,24 +450,28 @@ def check_shard(url: str, kind: str, count: int, sha256: Optional[str] = None, s
 
 
 def _full_check(path: str, kind: str, count: int, sha256: Optional[str]) -> Optional[str]:
+    n, broken = 0, None
     try:
         with open(path, "rb", buffering=1 << 20) as f:
             r = _HashingReader(f)
-            if kind == "points":
-                n = sum(len(_load_points(s, path)[0]) for s in _samples(r, path))
-            else:
-                n, last = 0, None
-                for name, _ in _tar_members(r, path, want=lambda _: False):
-                    key = _split_name(name)[0]
-                    n, last = n + (key != last), key
-            while r.read(1 << 20):
+            try:
+                if kind == "points":
+                    n = sum(len(_load_points(s, path)[0]) for s in _samples(r, path))
+                else:
+                    last = None
+                    for name, _ in _tar_members(r, path, want=lambda _: False):
+                        key = _split_name(name)[0]
+                        n, last = n + (key != last), key
+            except UserError as exc:
+                broken = str(exc)
+            while r.read(1 << 20):  # the rest, for the checksum
                 pass
     except OSError as exc:
         return f"{path}: cannot read shard ({exc.strerror or exc})"
-    except UserError as exc:
-        return str(exc)
     if sha256 is not None and r.h.hexdigest() != sha256:
         return f"{path}: sha256 differs from the manifest (corrupt or replaced shard)"
+    if broken:
+        return broken
     if n != count:
         return f"{path}: holds {n} samples, the manifest says {count}"
     return None
@@ -556,7 +560,8 @@ def _decode_one(ext: str, data: bytes, url: str, key: str, expect: Optional[tupl
     except UserError:
         raise
     except Exception as exc:
-        raise UserError(f"{url}: sample {key}: cannot decode {ext} ({type(exc).__name__}: {exc})") from None
+        why = re.sub(r"\s*<[^>]* at 0x[0-9a-f]+>", "", str(exc))  # no object addresses in messages
+        raise UserError(f"{url}: sample {key}: cannot decode {ext} ({type(exc).__name__}: {why})") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
