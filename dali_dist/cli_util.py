@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 
 from .errors import UserError
+
+# Errors of the place the user pointed us at (a full disk or quota, an unwritable or read-only
+# run directory), wherever they surface: one line naming the file, not a traceback.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
 
 
 def exits_cleanly(fn):
@@ -15,6 +20,12 @@ def exits_cleanly(fn):
             return fn(*args, **kwargs)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
+            sys.exit(UserError.exit_code)
+        except OSError as exc:
+            if exc.errno not in _ENVIRONMENT_ERRNOS:
+                raise
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
             sys.exit(UserError.exit_code)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
