@@ -8,9 +8,10 @@ import sys
 
 from .errors import UserError
 
-# Errors of the place the user pointed us at (a full disk or quota, an unwritable or read-only
-# run directory), wherever they surface: one line naming the file, not a traceback.
-_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS}
+# Errors of the place the user pointed us at (a full disk or quota, an unwritable, read-only
+# or misnamed run directory), wherever they surface: one line naming the file, no traceback.
+_ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS,
+                       errno.ENOTDIR, errno.EISDIR}
 
 
 def exits_cleanly(fn):
