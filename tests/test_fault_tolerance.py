@@ -64,3 +64,54 @@ def test_random_sigkills_never_lose_or_corrupt_the_run(tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+# ------------------------------------------------------------------------------------------ prep
+
+
+def start_prep(src, out):
+    cmd = [sys.executable, "-m", "dali_dist.cli", "prep", "mnist", "--source", str(src), "--out", str(out),
+           "--shard-size", "500", "--workers", "2", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    # its own session: SIGKILL reaches the encoding workers too, as when a node dies
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def tree(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.timeout(600)
+def test_random_sigkills_during_prep_leave_byte_identical_shards(tmp_path):
+    from tests._archives import make_mnist
+    from data_prep.verify import verify
+
+    make_mnist(tmp_path / "src", n_train=20000, n_test=2000)
+    t0 = time.time()
+    ref = start_prep(tmp_path / "src", tmp_path / "ref")
+    _, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err
+    took = time.time() - t0  # ~3 s here: ~1 s to start, ~2 s to write 44 shards
+
+    rng = random.Random(4321)
+    kills, mid_shard = 0, 0
+    for round_ in range(4):  # each round: a fresh output folder, killed until a run completes
+        out = tmp_path / f"killed-{round_}"
+        for attempt in range(60):
+            p = start_prep(tmp_path / "src", out)
+            time.sleep(rng.uniform(0.1, 1.1 * took))  # anywhere from import to the manifest
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+                kills += 1
+                mid_shard += any(out.glob("*/.shard-*.tmp.*"))  # a shard was being written
+                continue
+            assert p.returncode == 0, p.stderr.read()
+            break
+        else:
+            pytest.fail("prep never finished")
+        assert not verify(out, progress=False)["problems"]
+        assert tree(out) == tree(tmp_path / "ref")  # byte for byte, manifest included; no leftovers
+    print(f"\n{kills} SIGKILLs of `dali-dist prep` (4 rounds), {mid_shard} of them while a shard was being written")
+    assert kills >= 4 and mid_shard >= 1
