@@ -36,19 +36,28 @@ def weights(ckpt):
     return {f"{n}.{k}": v for n in ("G", "D", "E", "G_ema") for k, v in load_file(ckpt / f"{n}.safetensors").items()}
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(900)
 def test_random_sigkills_never_lose_or_corrupt_the_run(tmp_path):
+    t0 = time.time()
     ref = start(tmp_path / "ref", resume=False)
-    _, err = ref.communicate(timeout=300)
+    _, err = ref.communicate(timeout=400)
     assert ref.returncode == 0, err
+    took = time.time() - t0  # a whole run here: grows several-fold on a loaded machine
 
     rng = random.Random(1234)
     run = tmp_path / "killed"
     kills, mid_checkpoint = 0, 0
-    for attempt in range(40):
+    # MAX_KILLS kills from import (training starts ~2-4 s after launch) onwards, then one run
+    # left to finish: a loaded machine can neither starve the run of progress nor the test of
+    # kill points.
+    MAX_KILLS = 10
+    for attempt in range(MAX_KILLS + 1):
         p = start(run, resume=run.exists())
-        # training starts ~2-4 s after launch on this machine; kill anywhere from import to end
-        time.sleep(rng.uniform(1.5, 5.5))
+        if attempt == MAX_KILLS:
+            _, err = p.communicate(timeout=400)
+            assert p.returncode == 0, err
+            break
+        time.sleep(rng.uniform(min(1.5, 0.3 * took), min(5.5, 0.9 * took)))
         if p.poll() is None:
             p.send_signal(signal.SIGKILL)
             p.wait()
@@ -57,10 +66,8 @@ def test_random_sigkills_never_lose_or_corrupt_the_run(tmp_path):
             continue
         assert p.returncode == 0, p.stderr.read()
         break
-    else:
-        pytest.fail("training never finished")
     print(f"\n{kills} SIGKILLs, {mid_checkpoint} of them inside a checkpoint write")
-    assert kills >= 3  # the schedule above lands several kills on this config (5 when measured)
+    assert kills >= 3
     final = run / "checkpoints" / f"step-{STEPS}"
     a, b = weights(tmp_path / "ref" / "checkpoints" / f"step-{STEPS}"), weights(final)
     assert a.keys() == b.keys()
