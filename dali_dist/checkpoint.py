@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import shutil
 from dataclasses import dataclass, field
@@ -125,10 +126,27 @@ def save_checkpoint(
             shutil.rmtree(final)
         os.replace(tmp, final)
         _fsync_dir(root)
-    except OSError as exc:
+    except (OSError, SafetensorError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not _is_write_error(exc):
+            raise
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"{final}: cannot write checkpoint ({exc.strerror or exc}); earlier checkpoints are intact") from None
+        raise UserError(f"{final}: cannot write checkpoint ({_write_reason(exc)}); earlier checkpoints are intact") from None
     return final
+
+
+def _is_write_error(exc: RuntimeError) -> bool:
+    # torch.save's zip writer reports a full disk as a RuntimeError from its C++ stream writer
+    return any(s in str(exc) for s in ("PytorchStreamWriter", "inline_container", "file write failed"))
+
+
+def _write_reason(exc: Exception) -> str:
+    """What went wrong, in a few words: a full disk or quota shows up as three exception types."""
+    if isinstance(exc, OSError):
+        return exc.strerror or str(exc)
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "I/O error:" in text:  # safetensors: "Error while serializing: I/O error: No space left on device (os error 28)"
+        return text.split("I/O error:", 1)[1].split("(os error")[0].strip()
+    return "write failed; is the disk full?"
 
 
 def complete_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
@@ -183,8 +201,22 @@ def resolve_resume(run_dir: Path, resume: Optional[str]) -> Optional[Path]:
 def _load_weights(module: nn.Module, file: Path) -> None:
     try:
         tensors = load_file(file)
+    except FileNotFoundError:
+        raise UserError(f"{file}: missing") from None
     except (SafetensorError, OSError, ValueError) as exc:
-        raise UserError(f"{file}: unreadable weights ({exc})") from None
+        raise UserError(f"{file}: unreadable weights, truncated or not safetensors ({exc})") from None
+    # Name the first difference ourselves: load_state_dict's message spans many lines.
+    want = module.state_dict()
+    missing = [k for k in want if k not in tensors]
+    extra = [k for k in tensors if k not in want]
+    shape = [k for k in want if k in tensors and tuple(tensors[k].shape) != tuple(want[k].shape)]
+    if missing or extra or shape:
+        if shape:
+            k = shape[0]
+            what = f"{k} is {tuple(tensors[k].shape)}, this model's is {tuple(want[k].shape)}"
+        else:
+            what = f"{len(missing)} tensor(s) missing (e.g. {missing[0]!r})" if missing else f"unexpected tensor {extra[0]!r}"
+        raise UserError(f"{file}: weights do not fit this model ({what}); a checkpoint of another config?")
     try:
         module.load_state_dict(tensors)
     except RuntimeError as exc:
@@ -195,9 +227,17 @@ def _load_weights(module: nn.Module, file: Path) -> None:
 def load_train_state(ckpt: Path) -> TrainState:
     file = ckpt / "train_state.json"
     try:
-        return TrainState(**json.loads(file.read_text()))
+        raw = json.loads(file.read_text())
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        state = TrainState(**raw)
     except (OSError, ValueError, TypeError) as exc:
         raise UserError(f"{file}: invalid train state ({exc})") from None
+    for name, kinds in (("step", int), ("batches_consumed", int), ("elapsed_s", (int, float))):
+        v = getattr(state, name)
+        if isinstance(v, bool) or not isinstance(v, kinds) or v < 0:
+            raise UserError(f"{file}: invalid train state ({name} is {v!r}, expected a number >= 0)")
+    return state
 
 
 def load_checkpoint(
@@ -211,9 +251,20 @@ def load_checkpoint(
     for name, opt in optimizers.items():
         file = ckpt / f"optim_{name}.pt"
         try:
-            opt.load_state_dict(torch.load(file, map_location="cpu", weights_only=True))
+            # weights_only: a pickle that would build anything but tensors and containers is
+            # refused before any of it runs
+            sd = torch.load(file, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise UserError(f"{file}: missing") from None
+        except pickle.UnpicklingError:
+            raise UserError(f"{file}: refused, it holds more than tensors (nothing in it was run)") from None
         except Exception as exc:  # noqa: BLE001 - any failure here means a bad file
-            raise UserError(f"{file}: unreadable optimizer state ({type(exc).__name__})") from None
+            raise UserError(f"{file}: unreadable optimizer state, truncated? ({type(exc).__name__})") from None
+        try:
+            opt.load_state_dict(sd)
+        except Exception as exc:  # noqa: BLE001 - ValueError, KeyError, TypeError for a foreign state
+            raise UserError(f"{file}: optimizer state does not fit this model ({type(exc).__name__}: "
+                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
     return load_train_state(ckpt)
 
 
@@ -237,14 +288,30 @@ def export_dir(path: Path) -> Path:
     raise UserError(f"{path}: not a checkpoint (expected step-<N>/ or its export/ with meta.json)")
 
 
+def _check_meta(meta, cfg: Config, file: Path) -> None:
+    """meta.json must agree with config.yaml beside it (what inference and evaluation read)."""
+    if not isinstance(meta, dict):
+        raise UserError(f"{file}: not a JSON object")
+    step = meta.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise UserError(f"{file}: step is {step!r}, expected an integer >= 0")
+    if meta.get("sample_shape") != list(sample_shape(cfg)):
+        raise UserError(f"{file}: sample_shape {meta.get('sample_shape')!r} does not match config.yaml "
+                        f"({list(sample_shape(cfg))}); the export was assembled from different runs")
+
+
 def load_export(path: Path, device: torch.device | str = "cpu") -> Exported:
     folder = export_dir(path)
     try:
         meta = json.loads((folder / "meta.json").read_text())
         raw = yaml.safe_load((folder / "config.yaml").read_text())
     except (OSError, ValueError, yaml.YAMLError) as exc:
-        raise UserError(f"{folder}: unreadable export ({exc})") from None
-    cfg = config_from_dict(raw)
+        raise UserError(f"{folder}: unreadable export ({' '.join(str(exc).split())[:200]})") from None
+    try:
+        cfg = config_from_dict(raw)
+    except UserError as exc:
+        raise UserError(f"{folder / 'config.yaml'}: {str(exc)[:300]}") from None
+    _check_meta(meta, cfg, folder / "meta.json")
     G, D, E = build_models(cfg)
     _load_weights(G, folder / "G.safetensors")
     _load_weights(D, folder / "D.safetensors")

@@ -35,6 +35,10 @@ Evaluation (``eval_batches``) reads the split in manifest order; rank ``r`` and 
 take consecutive, disjoint ranges that together cover the split exactly once (ranks may get
 counts that differ by a few samples; the last batch of each worker may be short).
 
+Corrupt data (``on_corrupt``, dali_dist/corrupt.py): "error" raises one line naming the file;
+"skip" leaves bad shards out and replaces bad samples, keeping every rank's batch count. The
+tar reader and the shard checks live in dali_dist/shard_reader.py.
+
 Images come out as float32 ``(N, C, H, W)`` in ``[-1, 1]`` (``x = u8 / 127.5 - 1``), or uint8
 with ``as_uint8=True`` (convert on the accelerator); the 2D grid as float32 ``(N, 2)``;
 labels as int64 (``-1`` where the source has none).
@@ -50,20 +54,22 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 
+from .corrupt import Bad, CorruptLog, check_policy
 from .errors import UserError
 from .manifest import MANIFEST_NAME, read_manifest
+from .shard_reader import (  # noqa: F401 - iter_shard_samples, _records: used by data_prep and benchmarks
+    _image_member, _is_local, _local_path, _records, _shard_part, check_shard, iter_shard_samples,
+)
 
-__all__ = ["DatasetInfo", "TrainStream", "describe", "eval_batches", "read_manifest", "iter_shard_samples"]
+__all__ = ["DatasetInfo", "TrainStream", "check_shard", "describe", "eval_batches", "read_manifest", "iter_shard_samples"]
 
 DEFAULT_SHUFFLE_BUFFER = 2000
-_BLOCK = 512
 _PNM = re.compile(rb"P([56])\s+(\d+)\s+(\d+)\s+(\d+)\s")
-_IMAGE_EXTS = ("ppm", "pgm", "pnm", "png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,20 +101,17 @@ class DatasetInfo:
     """Number of label values, None when the source has no labels."""
     root: Optional[str] = None
     """The shard directory (where manifest.json lives), None for remote patterns."""
+    shard_sha256: dict = field(default_factory=dict)
+    """{split name: [sha256 or None, ...]} from the manifest, aligned with ``shards``."""
+    shard_sizes: dict = field(default_factory=dict)
+    """{split name: [bytes or None, ...]} from the manifest, aligned with ``shards``."""
+    unreadable: list = field(default_factory=list)
+    """[(shard URL, problem)] left out while counting a bare pattern (on_corrupt="skip")."""
 
     @property
     def shape(self) -> tuple:
         """Per-sample tensor shape: (C, H, W) or (2,)."""
         return (2,) if self.kind == "points" else (self.channels, self.resolution, self.resolution)
-
-
-def _is_local(url: str) -> bool:
-    return "://" not in url and not url.startswith("pipe:")
-
-
-def _local_path(url: str) -> str:
-    return url[5:] if url.startswith("file:") and not url.startswith("file://") else (
-        url[7:] if url.startswith("file://") else url)
 
 
 def _expand(pattern: str) -> list[str]:
@@ -124,17 +127,21 @@ def _from_manifest(root: Path) -> DatasetInfo:
     m = read_manifest(root)
     shards = {s: [str(root / sh["name"]) for sh in v["shards"]] for s, v in m["splits"].items()}
     counts = {s: [sh["count"] for sh in v["shards"]] for s, v in m["splits"].items()}
+    shas = {s: [sh.get("sha256") for sh in v["shards"]] for s, v in m["splits"].items()}
+    sizes = {s: [sh.get("size") for sh in v["shards"]] for s, v in m["splits"].items()}
     return DatasetInfo(
         dataset=m["dataset"], resolution=m.get("resolution"), channels=m.get("channels"),
         splits={s: v["count"] for s, v in m["splits"].items()}, encoding=m["encoding"], shards=shards,
         manifest_sha256=m["_sha256"], kind=m["kind"], shard_counts=counts,
-        num_classes=m.get("num_classes"), root=str(root),
+        num_classes=m.get("num_classes"), root=str(root), shard_sha256=shas, shard_sizes=sizes,
     )
 
 
-def describe(source, split: str = "train") -> DatasetInfo:
+def describe(source, split: str = "train", on_corrupt: str = "error") -> DatasetInfo:
     """What ``source`` holds. A directory gives every split of its manifest; a URL pattern
-    gives one split (named ``split``; ``{split}`` in the pattern is replaced by it)."""
+    gives one split (named ``split``; ``{split}`` in the pattern is replaced by it).
+    With ``on_corrupt="skip"``, shards of a pattern that are missing or cannot be counted are
+    left out and listed in ``unreadable``."""
     src = os.fspath(source)
     p = Path(_local_path(src))
     if _is_local(src) and (p.is_dir() or p.name == MANIFEST_NAME):
@@ -142,232 +149,62 @@ def describe(source, split: str = "train") -> DatasetInfo:
     urls = _expand(src.replace("{split}", split))
     if not urls:
         raise UserError(f"{src}: the pattern expands to no shards")
+    unreadable: list = []
+
+    def drop(u: str, msg: str) -> None:
+        if on_corrupt != "skip":
+            raise UserError(msg)
+        unreadable.append((u, msg))
+
     # A local pattern over shards that a manifest describes (DIR/<split>/shard-*.tar) borrows
     # the manifest's counts and shape, so no counting pass is needed.
     if all(_is_local(u) for u in urls):
-        for u in urls:
+        for u in list(urls):
             if not Path(_local_path(u)).is_file():
-                raise UserError(f"{u}: no such shard")
+                drop(u, f"{u}: no such shard")
+                urls.remove(u)
+        if not urls:
+            raise UserError(f"{src}: none of the shards exists")
         root = Path(_local_path(urls[0])).resolve().parent.parent
         if (root / MANIFEST_NAME).is_file():
             info = _from_manifest(root)
-            known = {str(Path(u).resolve()): (s, c) for s in info.shards for u, c in zip(info.shards[s], info.shard_counts[s])}
+            known = {str(Path(u).resolve()): (c, h, z) for s in info.shards for u, c, h, z in
+                     zip(info.shards[s], info.shard_counts[s], info.shard_sha256[s], info.shard_sizes[s])}
             hits = [known.get(str(Path(_local_path(u)).resolve())) for u in urls]
             if all(hits):
-                counts = [c for _, c in hits]
+                counts = [c for c, _, _ in hits]
                 return DatasetInfo(
                     dataset=info.dataset, resolution=info.resolution, channels=info.channels,
                     splits={split: sum(counts)}, encoding=info.encoding, shards={split: urls},
                     manifest_sha256=info.manifest_sha256, kind=info.kind, shard_counts={split: counts},
-                    num_classes=info.num_classes, root=info.root,
+                    num_classes=info.num_classes, root=info.root, shard_sha256={split: [h for _, h, _ in hits]},
+                    shard_sizes={split: [z for _, _, z in hits]}, unreadable=unreadable,
                 )
-    # A bare pattern: look at the first sample for the shape, count every shard once.
-    kind, encoding, res, ch = _probe(urls[0])
+    # A bare pattern: look at the first readable sample for the shape, count every shard once.
+    probed = None
+    for u in list(urls):
+        try:
+            probed = _probe(u)
+            break
+        except UserError as exc:
+            drop(u, str(exc))
+            urls.remove(u)
+    if probed is None:
+        raise UserError(f"{src}: no shard of the pattern is readable")
+    kind, encoding, res, ch = probed
     print(f"dali-dist data: {src}: no manifest, counting samples in {len(urls)} shard(s)", file=sys.stderr)
-    counts = [sum(1 for _ in _records(u, kind)) for u in urls]
+    counts = []
+    for u in list(urls):
+        try:
+            counts.append(sum(1 for _ in _records(u, kind, lenient=on_corrupt == "skip")))
+        except UserError as exc:
+            drop(u, str(exc))
+            urls.remove(u)
     return DatasetInfo(
         dataset="unknown", resolution=res, channels=ch, splits={split: sum(counts)}, encoding=encoding,
         shards={split: urls}, manifest_sha256=None, kind=kind, shard_counts={split: counts},
+        unreadable=unreadable,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Reading tar shards (a small streaming ustar reader: several times faster than tarfile)
-# --------------------------------------------------------------------------------------------
-
-
-def _open(url: str):
-    if _is_local(url):
-        path = _local_path(url)
-        try:
-            return open(path, "rb", buffering=1 << 20)
-        except OSError as exc:
-            raise UserError(f"{path}: cannot open shard ({exc.strerror or exc})") from None
-    import webdataset as wds
-
-    try:
-        return wds.gopen(url, "rb")
-    except Exception as exc:  # gopen raises various types for bad URLs
-        raise UserError(f"{url}: cannot open shard ({exc})") from None
-
-
-def _octal(field_: bytes, url: str) -> int:
-    s = field_.rstrip(b"\0 ").lstrip(b" ")
-    if field_[:1] == b"\x80":  # GNU base-256 for large sizes
-        return int.from_bytes(field_[1:], "big")
-    try:
-        return int(s, 8) if s else 0
-    except ValueError:
-        raise UserError(f"{url}: not a tar file (bad header field {field_[:12]!r})") from None
-
-
-def _read_exact(f, n: int, url: str, what: str) -> bytes:
-    b = f.read(n)
-    if len(b) != n:
-        raise UserError(f"{url}: truncated tar ({what})")
-    return b
-
-
-def _skip(f, n: int, seekable: bool, url: str, what: str) -> None:
-    if n <= 0:
-        return
-    if seekable:
-        f.seek(n, 1)
-    else:
-        while n > 0:
-            b = f.read(min(n, 1 << 20))
-            if not b:
-                raise UserError(f"{url}: truncated tar ({what})")
-            n -= len(b)
-
-
-def _tar_members(f, url: str, want=None):
-    """Yield (name, data) of regular files; ``data`` is None when ``want(name)`` says no (the
-    data is then skipped, by seeking where the stream allows)."""
-    try:
-        seekable = f.seekable()
-    except Exception:
-        seekable = False
-    long_name = None
-    while True:
-        hdr = f.read(_BLOCK)
-        if not hdr:
-            return  # EOF without the end blocks: accepted, as tarfile does
-        if len(hdr) != _BLOCK:
-            raise UserError(f"{url}: truncated tar (header)")
-        if hdr.count(0) == _BLOCK:
-            return  # end of archive
-        if hdr[257:262] != b"ustar" and hdr[257:263] != b"ustar\0":
-            # v7 tars have no magic; check the header checksum instead
-            chk = _octal(hdr[148:156], url)
-            if chk != sum(hdr[:148]) + 256 + sum(hdr[156:]):
-                raise UserError(f"{url}: not a tar file (bad header checksum)")
-        size = _octal(hdr[124:136], url)
-        typ = hdr[156:157]
-        padded = (size + _BLOCK - 1) // _BLOCK * _BLOCK
-        if typ in (b"L", b"x"):  # GNU long name / pax extended header
-            data = _read_exact(f, padded, url, "extended header")[:size]
-            if typ == b"L":
-                long_name = data.rstrip(b"\0").decode("utf-8", "replace")
-            else:
-                for rec in data.split(b"\n"):
-                    if b" path=" in rec:
-                        long_name = rec.split(b" path=", 1)[1].decode("utf-8", "replace")
-            continue
-        if long_name is not None:
-            name, long_name = long_name, None
-        else:
-            name = hdr[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
-            prefix = hdr[345:500].split(b"\0", 1)[0]
-            if prefix and hdr[257:262] == b"ustar":
-                name = prefix.decode("utf-8", "replace") + "/" + name
-        if typ not in (b"0", b"\0", b"7"):
-            _skip(f, padded, seekable, url, name)  # dirs, links, globals: not samples
-            continue
-        if want is not None and not want(name):
-            _skip(f, padded, seekable, url, name)
-            yield name, None
-            continue
-        data = _read_exact(f, padded, url, name)
-        yield name, data[:size] if padded != size else data
-
-
-def _split_name(name: str) -> tuple[str, str]:
-    """WebDataset's rule: the key is everything up to the first dot of the file's basename."""
-    slash = name.rfind("/")
-    dot = name.find(".", slash + 1)
-    if dot < 0:
-        return name, ""
-    return name[:dot], name[dot + 1:]
-
-
-def iter_shard_samples(url: str, skip_keys: int = 0, want_data: bool = True) -> Iterator[dict]:
-    """WebDataset samples of one shard as dicts ``{"__key__": key, ext: bytes, ...}``.
-    The first ``skip_keys`` samples are passed over without reading their data."""
-    f = _open(url)
-    try:
-        state = {"n": 0, "key": None}
-
-        def want(name: str) -> bool:
-            key = _split_name(name)[0]
-            if key != state["key"]:
-                state["key"] = key
-                state["n"] += 1
-            return want_data and state["n"] > skip_keys
-
-        cur: Optional[dict] = None
-        for name, data in _tar_members(f, url, want):
-            key, ext = _split_name(name)
-            if cur is None or key != cur["__key__"]:
-                if cur is not None and len(cur) > 1:
-                    yield cur
-                cur = {"__key__": key}
-            if data is not None:
-                cur[ext] = data
-        if cur is not None and len(cur) > 1:
-            yield cur
-    finally:
-        f.close()
-
-
-def _label(sample: dict) -> int:
-    v = sample.get("cls")
-    if v is None:
-        return -1
-    try:
-        return int(v)
-    except ValueError:
-        raise UserError(f"sample {sample['__key__']}: label {v[:20]!r} is not an integer") from None
-
-
-def _image_member(sample: dict, url: str) -> tuple[str, bytes]:
-    for ext in _IMAGE_EXTS:
-        if ext in sample:
-            return ext, sample[ext]
-    raise UserError(f"{url}: sample {sample['__key__']} has no image ({sorted(k for k in sample if k != '__key__')})")
-
-
-def _records(url: str, kind: str, skip: int = 0, limit: Optional[int] = None):
-    """Records (key, payload, label) of one shard: payload is (ext, bytes) for images, a
-    float32 (2,) array for points. Skips ``skip`` records first, stops after ``limit``."""
-    if limit is not None and limit <= 0:
-        return
-    n = 0
-    if kind == "image":
-        for s in iter_shard_samples(url, skip_keys=skip):
-            yield s["__key__"], _image_member(s, url), _label(s)
-            n += 1
-            if limit is not None and n >= limit:
-                return
-        return
-    for s in iter_shard_samples(url):
-        xy, cl = _load_points(s, url)
-        m = len(xy)
-        if skip >= m:
-            skip -= m
-            continue
-        key = s["__key__"]
-        base = int(key.rsplit("/", 1)[-1]) if key.rsplit("/", 1)[-1].isdigit() else None
-        for j in range(skip, m):
-            k = f"{base + j:08d}" if base is not None else f"{key}_{j}"
-            yield k, xy[j], int(cl[j])
-            n += 1
-            if limit is not None and n >= limit:
-                return
-        skip = 0
-
-
-def _load_points(s: dict, url: str):
-    try:
-        xy = np.load(io.BytesIO(s["xy.npy"]), allow_pickle=False)
-        cl = np.load(io.BytesIO(s["cls.npy"]), allow_pickle=False) if "cls.npy" in s else np.full(len(xy), -1)
-    except KeyError:
-        raise UserError(f"{url}: sample {s['__key__']} has no xy.npy") from None
-    except ValueError as exc:
-        raise UserError(f"{url}: sample {s['__key__']}: bad npy ({exc})") from None
-    if xy.ndim != 2 or xy.shape[1] != 2 or len(cl) != len(xy):
-        raise UserError(f"{url}: sample {s['__key__']}: points must be (n, 2) with n labels")
-    return xy.astype(np.float32, copy=False), cl
 
 
 def _probe(url: str) -> tuple[str, str, Optional[int], Optional[int]]:
@@ -389,14 +226,17 @@ def _probe(url: str) -> tuple[str, str, Optional[int], Optional[int]]:
 # --------------------------------------------------------------------------------------------
 
 
-def _decode_one(ext: str, data: bytes, url: str, key: str) -> np.ndarray:
-    """One image as uint8 (H, W, C)."""
+def _decode_one(ext: str, data: bytes, url: str, key: str, expect: Optional[tuple] = None) -> np.ndarray:
+    """One image as uint8 (H, W, C). ``expect`` (h, w): refuse other sizes before decoding, so
+    a header claiming absurd dimensions never allocates them."""
     if ext in ("ppm", "pgm", "pnm"):
         m = _PNM.match(data)
         if m is None or m.group(4) != b"255":
             raise UserError(f"{url}: sample {key}: not a binary 8-bit PGM/PPM")
         c = 3 if m.group(1) == b"6" else 1
         w, h = int(m.group(2)), int(m.group(3))
+        if expect is not None and (h, w) != tuple(expect):
+            raise UserError(f"{url}: sample {key} is {w}x{h}, expected {expect[1]}x{expect[0]}")
         try:
             return np.frombuffer(data, np.uint8, count=h * w * c, offset=m.end()).reshape(h, w, c)
         except ValueError:
@@ -405,34 +245,45 @@ def _decode_one(ext: str, data: bytes, url: str, key: str) -> np.ndarray:
 
     try:
         with Image.open(io.BytesIO(data)) as im:
+            if expect is not None and (im.height, im.width) != tuple(expect):
+                raise UserError(f"{url}: sample {key} is {im.width}x{im.height}, expected {expect[1]}x{expect[0]}")
             if im.mode not in ("L", "RGB"):
                 im = im.convert("RGB")
             arr = np.asarray(im)
+    except UserError:
+        raise
     except Exception as exc:
-        raise UserError(f"{url}: sample {key}: cannot decode {ext} ({exc})") from None
+        why = re.sub(r"\s*<[^>]* at 0x[0-9a-f]+>", "", str(exc))  # no object addresses in messages
+        raise UserError(f"{url}: sample {key}: cannot decode {ext} ({type(exc).__name__}: {why})") from None
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def _decode_batch(recs: list, shape: tuple, url: str) -> np.ndarray:
-    """uint8 (N, C, H, W) from image records; the fast path for PGM/PPM is one frombuffer each."""
+def _decode_batch(recs: list, shape: tuple, url: str, bad: Optional[list] = None, urls: Optional[list] = None) -> np.ndarray:
+    """uint8 (N, C, H, W) from image records; the fast path for PGM/PPM is one frombuffer each.
+    With ``bad`` (a list), failures are appended as (index, Bad) and leave zeros; else raised.
+    ``urls``: the shard of each record, for messages (default: ``url``)."""
     c, h, w = shape
-    out = np.empty((len(recs), h, w, c), np.uint8)
+    out = np.zeros((len(recs), h, w, c), np.uint8)
     need = h * w * c
-    for i, (key, (ext, data), _) in enumerate(recs):
-        if ext in ("ppm", "pgm") and len(data) >= need:
-            hdr = len(data) - need  # our writer's header is everything before the pixels
-            if data[hdr - 4: hdr] == b"255\n" or data[hdr - 4: hdr] == b"255 ":
-                out[i] = np.frombuffer(data, np.uint8, count=need, offset=hdr).reshape(h, w, c)
-                continue
-        arr = _decode_one(ext, data, url, key)
-        if arr.shape != (h, w, c):
-            if arr.shape[:2] == (h, w) and c == 3 and arr.shape[2] == 1:
-                arr = np.repeat(arr, 3, axis=2)
-            elif arr.shape[:2] == (h, w) and c == 1 and arr.shape[2] == 3:
-                arr = np.asarray(_to_grey(arr))
-            else:
-                raise UserError(f"{url}: sample {key} is {arr.shape[1]}x{arr.shape[0]}x{arr.shape[2]}, expected {w}x{h}x{c}")
-        out[i] = arr
+    for i, (key, payload, _) in enumerate(recs):
+        where = urls[i] if urls else url
+        try:
+            if isinstance(payload, Bad):
+                raise UserError(payload.msg)
+            ext, data = payload
+            if ext in ("ppm", "pgm") and len(data) >= need:
+                hdr = len(data) - need  # our writer's header is everything before the pixels
+                if data[hdr - 4: hdr] == b"255\n" or data[hdr - 4: hdr] == b"255 ":
+                    out[i] = np.frombuffer(data, np.uint8, count=need, offset=hdr).reshape(h, w, c)
+                    continue
+            arr = _decode_one(ext, data, where, key, expect=(h, w))
+            if arr.shape[2] != c:
+                arr = np.repeat(arr, 3, axis=2) if c == 3 and arr.shape[2] == 1 else np.asarray(_to_grey(arr))
+            out[i] = arr
+        except UserError as exc:
+            if bad is None:
+                raise
+            bad.append((i, payload if isinstance(payload, Bad) else Bad(where, str(key), str(exc))))
     return out.transpose(0, 3, 1, 2)
 
 
@@ -442,21 +293,43 @@ def _to_grey(arr: np.ndarray):
     return np.asarray(Image.fromarray(arr).convert("L"))[:, :, None]
 
 
-def _collate(recs: list, info_kind: str, shape: tuple, url: str, keys: bool):
-    y = torch.tensor([r[2] for r in recs], dtype=torch.int64)
-    if info_kind == "points":
-        x = torch.from_numpy(np.stack([r[1] for r in recs]).astype(np.float32, copy=False))
+def _assemble(batch: list, kind: str, shape: tuple, bad: Optional[list] = None):
+    """Records [(url, (key, payload, label)), ...] -> (x uint8 (N, C, H, W) or float32 (N, 2)
+    ndarray, labels, keys). Bad records: appended to ``bad`` as (index, Bad), or raised."""
+    recs = [r for _, r in batch]
+    if kind == "points":
+        x = np.zeros((len(recs), 2), np.float32)
+        for i, (_, payload, _) in enumerate(recs):
+            if isinstance(payload, Bad):
+                if bad is None:
+                    raise UserError(payload.msg)
+                bad.append((i, payload))
+            else:
+                x[i] = payload
     else:
-        # Always uint8 here: workers hand batches to the main process through shared memory,
-        # and float32 is 4x the bytes (measured: that copy, not decoding, limits the rate).
-        x = torch.from_numpy(np.ascontiguousarray(_decode_batch(recs, shape, url)))
-    return (x, y, [r[0] for r in recs]) if keys else (x, y)
+        x = _decode_batch(recs, shape, batch[0][0], bad, [u for u, _ in batch])
+    return x, [r[2] for r in recs], [r[0] for r in recs]
 
 
-def _finish(item, as_uint8: bool):
-    """In the main process: raise a worker's error, or convert images to float."""
+def _tensors(x: np.ndarray, y: list, keys: list, with_keys: bool):
+    # Images stay uint8 here: workers hand batches to the main process through shared memory,
+    # and float32 is 4x the bytes (measured: that copy, not decoding, limits the rate).
+    xt = torch.from_numpy(np.ascontiguousarray(x))
+    yt = torch.tensor(y, dtype=torch.int64)
+    return (xt, yt, keys) if with_keys else (xt, yt)
+
+
+def _finish(item, as_uint8: bool, log: Optional[CorruptLog] = None):
+    """In the main process: raise a worker's error, tally skipped corrupt samples, convert
+    images to float. Returns None for a batch that held nothing usable (evaluation only)."""
     if isinstance(item, _Failure):
         raise UserError(item.msg)
+    if isinstance(item, dict):  # a batch with corrupt samples skipped: {"batch", "corrupt"}
+        if log is not None:
+            log.add_reports(item["corrupt"])
+        item = item["batch"]
+        if item is None:
+            return None
     x = item[0]
     if as_uint8 or x.dtype != torch.uint8:
         return item
@@ -486,16 +359,58 @@ def _region(n: int, parts: int, i: int) -> tuple[int, int]:
     return i * n // parts, (i + 1) * n // parts
 
 
-def _read_range(shards: list, start: int, stop: int, kind: str):
-    """Records ``[start, stop)`` of the concatenation of ``shards`` [(url, count), ...]."""
+def _read_range(shards: list, start: int, stop: int, kind: str, lenient: bool = False):
+    """Records ``[start, stop)`` of the concatenation of ``shards`` [(url, count, sha256), ...],
+    as (url, record); with ``lenient``, unreadable positions come as ``Bad`` records."""
     pos = 0
-    for url, count in shards:
+    for url, count, sha in shards:
         lo, hi = max(start, pos), min(stop, pos + count)
         if lo < hi:
-            yield from ((url, r) for r in _records(url, kind, skip=lo - pos, limit=hi - lo))
+            yield from ((url, r) for r in _shard_part(url, kind, count, sha, lo - pos, hi - lo, lenient))
         pos += count
         if pos >= stop:
             return
+
+
+def _usable_shards(info: DatasetInfo, split: str, on_corrupt: str, log: CorruptLog) -> list:
+    """[(url, count, sha256)] of the split, checked before any batch is read. "error": a
+    missing or wrongly sized local shard stops here, before other ranks wait on this one.
+    "skip": sizes, sha256 and sample counts are checked and bad shards are left out; every
+    rank reads the same files, so every rank leaves out the same ones."""
+    urls, counts = info.shards[split], info.shard_counts[split]
+    shas = info.shard_sha256.get(split) or [None] * len(urls)
+    sizes = info.shard_sizes.get(split) or [None] * len(urls)
+    for url, problem in info.unreadable:
+        log.add(url, "*", problem)  # a shard that could not even be counted: counted as 1
+    out = []
+    for url, count, sha, size in zip(urls, counts, shas, sizes):
+        if _is_local(url) and (sha is not None or size is not None):
+            problem = check_shard(url, info.kind, count, sha, size, full=on_corrupt == "skip")
+            if problem:
+                if on_corrupt != "skip":
+                    raise UserError(problem)
+                log.add(url, "*", problem, count)
+                continue
+        out.append((url, count, sha))
+    if not out:
+        raise UserError(f"split {split!r}: every shard is missing or corrupt (first: {info.shards[split][0]})")
+    return out
+
+
+def _refill_pool(shards: list, lo: int, hi: int, kind: str, shape: tuple, size: int, where: str) -> list:
+    """The first ``size`` valid samples of ``[lo, hi)`` as (x, label, key): what stands in for
+    corrupt samples (a pure function of the data, so resumed runs refill identically)."""
+    pool = []
+    for url, rec in _read_range(shards, lo, hi, kind, lenient=True):
+        bad: list = []
+        x, y, k = _assemble([(url, rec)], kind, shape, bad)
+        if not bad:
+            pool.append((x[0].copy(), y[0], k[0]))
+            if len(pool) >= size:
+                break
+    if not pool:
+        raise UserError(f"{where}: no readable sample in this rank's part of the split (all corrupt)")
+    return pool
 
 
 def _shuffled(src, buffer: int, rng: random.Random):
@@ -550,7 +465,7 @@ class _TrainDataset(torch.utils.data.IterableDataset):
         perm = list(range(len(s["shards"])))
         random.Random(derive_seed(s["seed"], "shards", epoch)).shuffle(perm)
         shards = [s["shards"][i] for i in perm]
-        n = sum(c for _, c in shards)
+        n = sum(c for _, c, _ in shards)
         r0, r1 = _region(n, s["world_size"], s["rank"])
         quotas = [len(range(i, bpe, nw)) for i in range(nw)]
         if bpe * b <= r1 - r0:  # the usual case: disjoint sub-ranges, nothing repeats in an epoch
@@ -564,18 +479,32 @@ class _TrainDataset(torch.utils.data.IterableDataset):
         rng = random.Random(derive_seed(s["seed"], "shuffle", epoch, s["rank"], nw, l))
 
         buffer = min(s["shuffle_buffer"], hi - lo)
+        lenient = s["on_corrupt"] == "skip"
 
         def passes():  # each pass over the range is shuffled and drained on its own
             while True:
-                src = _read_range(shards, lo, hi, s["kind"])
+                src = _read_range(shards, lo, hi, s["kind"], lenient)
                 yield from (_shuffled(src, buffer, rng) if buffer > 1 else src)
 
         recs = passes()
+        pool = None
         for i in range(quota):
             batch = [next(recs) for _ in range(b)]
             if i < skip:
                 continue
-            yield _collate([r for _, r in batch], s["kind"], s["shape"], batch[0][0], s["with_keys"])
+            bad: Optional[list] = [] if lenient else None
+            x, y, keys = _assemble(batch, s["kind"], s["shape"], bad)
+            if not bad:
+                yield _tensors(x, y, keys, s["with_keys"])
+                continue
+            # Corrupt samples are replaced in place (never dropped: every rank must yield the
+            # same number of full batches) by valid ones of this rank's region, from the seed.
+            if pool is None:
+                pool = _refill_pool(shards, r0, r1, s["kind"], s["shape"], b, s["source"])
+            fill = random.Random(derive_seed(s["seed"], "refill", epoch, s["rank"], nw, l, i))
+            for j, _ in bad:
+                x[j], y[j], keys[j] = pool[fill.randrange(len(pool))]
+            yield {"batch": _tensors(x, y, keys, s["with_keys"]), "corrupt": [bd.report() for _, bd in bad]}
 
     def _iter(self):
         s = self.s
@@ -601,23 +530,33 @@ class TrainStream:
 
     Options: ``shuffle_buffer`` (samples held per worker for shuffling), ``as_uint8`` (yield
     uint8 images; convert with ``to_float`` on the device), ``with_keys`` (yield
-    ``(x, y, keys)``), ``pin_memory`` and ``prefetch_factor`` (passed to the DataLoader).
+    ``(x, y, keys)``), ``pin_memory`` and ``prefetch_factor`` (passed to the DataLoader),
+    ``on_corrupt`` ("error" or "skip": see dali_dist/corrupt.py).
+
+    ``corrupt_skipped``: samples this rank has skipped so far (policy "skip"): every sample of
+    a shard left out at the start, plus each corrupt sample met in the batches yielded by this
+    object (counted once, in the main process; workers send their findings with the batches).
     """
 
     def __init__(self, source, *, split: str = "train", batch_size: int, seed: int, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, batches_per_epoch: Optional[int] = None,
                  shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER, as_uint8: bool = False,
-                 pin_memory: bool = False, prefetch_factor: int = 4, with_keys: bool = False):
+                 pin_memory: bool = False, prefetch_factor: int = 4, with_keys: bool = False,
+                 on_corrupt: str = "error"):
         if batch_size < 1:
             raise UserError(f"data: batch_size must be >= 1, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise UserError(f"data: rank {rank} is not in [0, {world_size})")
         if num_workers < 0:
             raise UserError(f"data: num_workers must be >= 0, got {num_workers}")
-        self.info = describe(source, split)
+        self.on_corrupt = check_policy(on_corrupt)
+        self._log = CorruptLog()
+        self.info = describe(source, split, on_corrupt)
         if split not in self.info.splits:
             raise UserError(f"{source}: no split {split!r} (has {', '.join(sorted(self.info.splits))})")
+        # the count before corrupt shards are left out: every rank agrees on it, whatever it finds
         n = self.info.splits[split]
+        shards = _usable_shards(self.info, split, on_corrupt, self._log)
         self.split, self.batch_size, self.seed = split, batch_size, seed
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         if batches_per_epoch is None:
@@ -630,11 +569,15 @@ class TrainStream:
         self.batches_per_epoch = batches_per_epoch
         self.as_uint8, self.pin_memory, self.prefetch_factor = as_uint8, pin_memory, prefetch_factor
         self._spec = dict(
-            source=str(source), split=split, shards=list(zip(self.info.shards[split], self.info.shard_counts[split])),
+            source=str(source), split=split, shards=shards,
             kind=self.info.kind, shape=self.info.shape, batch_size=batch_size, seed=seed, rank=rank,
             world_size=world_size, nw=max(1, num_workers), bpe=batches_per_epoch, shuffle_buffer=shuffle_buffer,
-            as_uint8=as_uint8, with_keys=with_keys,
+            as_uint8=as_uint8, with_keys=with_keys, on_corrupt=on_corrupt,
         )
+
+    @property
+    def corrupt_skipped(self) -> int:
+        return self._log.count
 
     def epoch_of(self, batch_index: int) -> int:
         return batch_index // self.batches_per_epoch
@@ -650,50 +593,70 @@ class TrainStream:
                 ds, batch_size=None, num_workers=self.num_workers, worker_init_fn=_worker_init,
                 pin_memory=self.pin_memory, prefetch_factor=self.prefetch_factor, persistent_workers=False))
         for item in it:
-            yield _finish(item, self.as_uint8)
+            yield _finish(item, self.as_uint8, self._log)
 
 
 class _EvalDataset(torch.utils.data.IterableDataset):
     def __init__(self, spec: dict):
         self.s = spec
 
+    def _out(self, batch: list):
+        s = self.s
+        bad: Optional[list] = [] if s["on_corrupt"] == "skip" else None
+        x, y, keys = _assemble(batch, s["kind"], s["shape"], bad)
+        if not bad:
+            return _tensors(x, y, keys, True)
+        drop = {j for j, _ in bad}
+        keep = [j for j in range(len(batch)) if j not in drop]
+        item = _tensors(x[keep], [y[j] for j in keep], [keys[j] for j in keep], True) if keep else None
+        return {"batch": item, "corrupt": [bd.report() for _, bd in bad]}
+
     def __iter__(self):
         s = self.s
         try:
-            n = sum(c for _, c in s["shards"])
+            n = sum(c for _, c, _ in s["shards"])
             r0, r1 = _region(n, s["world_size"], s["rank"])
             w = _worker_id()
             lo = r0 + (r1 - r0) * w // s["nw"]
             hi = r0 + (r1 - r0) * (w + 1) // s["nw"]
             batch: list = []
-            for url, rec in _read_range(s["shards"], lo, hi, s["kind"]):
-                batch.append(rec)
+            for url, rec in _read_range(s["shards"], lo, hi, s["kind"], s["on_corrupt"] == "skip"):
+                batch.append((url, rec))
                 if len(batch) == s["batch_size"]:
-                    yield _collate(batch, s["kind"], s["shape"], url, True)
+                    yield self._out(batch)
                     batch = []
             if batch:
-                yield _collate(batch, s["kind"], s["shape"], url, True)
+                yield self._out(batch)
         except UserError as exc:
             yield _Failure(str(exc))
 
 
 def eval_batches(source, *, split: str = "test", batch_size: int, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, as_uint8: bool = False):
+                 num_workers: int = 0, as_uint8: bool = False, on_corrupt: str = "error"):
     """One deterministic pass over ``split``: yields (x, y, keys). Ranks x workers read disjoint
-    consecutive ranges that together cover the split exactly once."""
+    consecutive ranges that together cover the split exactly once. With ``on_corrupt="skip"``
+    corrupt shards and samples are left out (batches may be short; a warning per bad file and
+    a closing count on stderr)."""
     if batch_size < 1:
         raise UserError(f"data: batch_size must be >= 1, got {batch_size}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise UserError(f"data: rank {rank} is not in [0, {world_size})")
-    info = describe(source, split)
+    check_policy(on_corrupt)
+    log = CorruptLog()
+    info = describe(source, split, on_corrupt)
     if split not in info.splits:
         raise UserError(f"{source}: no split {split!r} (has {', '.join(sorted(info.splits))})")
-    spec = dict(shards=list(zip(info.shards[split], info.shard_counts[split])), kind=info.kind, shape=info.shape,
-                batch_size=batch_size, rank=rank, world_size=world_size, nw=max(1, num_workers), as_uint8=as_uint8)
+    spec = dict(shards=_usable_shards(info, split, on_corrupt, log), kind=info.kind, shape=info.shape,
+                batch_size=batch_size, rank=rank, world_size=world_size, nw=max(1, num_workers), as_uint8=as_uint8,
+                on_corrupt=on_corrupt)
     ds = _EvalDataset(spec)
     if num_workers == 0:
         it = iter(ds)
     else:
         it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=num_workers, worker_init_fn=_worker_init))
     for item in it:
-        yield _finish(item, as_uint8)
+        out = _finish(item, as_uint8, log)
+        if out is not None:
+            yield out
+    if log.count:
+        print(f"warning: {source}: split {split!r}: skipped {log.count} corrupt sample(s)", file=sys.stderr)

@@ -45,7 +45,7 @@ from .errors import UserError
 from .generate import generate
 from .metrics.modes import mode_metrics
 from .metrics.ranks import Ranks
-from .tracking import attach_metrics, resolve_uri
+from .tracking import attach_metrics, redact, resolve_uri
 
 FID_DEFAULT_SAMPLES = 50_000
 EVAL_DIR = "eval"
@@ -455,7 +455,7 @@ def _attach(run_dir: Path, exp: Exported, metrics: dict, protocols: dict) -> Opt
         from mlflow.tracking import MlflowClient
 
         uri, _ = resolve_uri(exp.cfg.tracking.uri, run_dir)
-        tags = [RunTag(f"eval.{m}.{k}", str(v)[:5000]) for m, p in protocols.items() for k, v in p.items()]
+        tags = [RunTag(f"eval.{m}.{k}", redact(str(v))[:5000]) for m, p in protocols.items() for k, v in p.items()]
         MlflowClient(tracking_uri=uri).log_batch(run_id, tags=tags)
     return run_id
 

@@ -15,13 +15,16 @@ or requeued job (even one stopped before its first checkpoint) logs to the same 
 
 from __future__ import annotations
 
+import base64
 import os
 import queue
+import re
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Optional
@@ -30,6 +33,24 @@ from .errors import UserError
 
 QUEUE_SIZE = 10_000
 RUN_ID_FILE = "mlflow_run_id"
+# Environment variables whose values are credentials; any value they hold is masked in what
+# goes to MLflow or into messages, wherever it turns up (a URL, a pipe: command, a path).
+_SECRET_ENV = re.compile(r"SECRET|PASSW|TOKEN|CREDENTIAL|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|AUTH|SESSION", re.I)
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+_SECRET_QUERY = re.compile(r"(?P<key>[?&](?:[\w.-]*(?:token|secret|passw|key|signature|sig|auth|credential)[\w.-]*)=)[^&#\s]+", re.I)
+_SECRET_FLAG = re.compile(r"(?P<flag>(?:^|\s)(?:-u|--user|--password|--header|-H)\s+)(?:\"[^\"]*\"|'[^']*'|\S+)")
+
+
+def redact(text: str) -> str:
+    """``text`` without credentials: URL userinfo (``user:pass@``), secret-looking query
+    values, curl's ``-u``/``-H`` arguments, and the values of secret environment variables."""
+    text = _USERINFO.sub(r"\g<scheme>***@", str(text))
+    text = _SECRET_QUERY.sub(r"\g<key>***", text)
+    text = _SECRET_FLAG.sub(r"\g<flag>***", text)
+    for name, value in os.environ.items():
+        if len(value) >= 6 and _SECRET_ENV.search(name) and value in text:
+            text = text.replace(value, "***")
+    return text
 
 
 def resolve_uri(configured: Optional[str], run_dir: Path) -> tuple[str, Optional[Path]]:
@@ -45,13 +66,22 @@ def probe_server(uri: str, timeout: float = 5.0) -> None:
     """Fail fast with one line when an HTTP tracking server does not answer."""
     if not uri.startswith(("http://", "https://")):
         return
+    # urllib does not take user:password@ in a URL (MLflow's client, through requests, does):
+    # move it into a Basic auth header
+    parts = urllib.parse.urlsplit(uri)
+    headers = {}
+    if parts.username is not None:
+        cred = f"{urllib.parse.unquote(parts.username)}:{urllib.parse.unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(cred.encode()).decode()
+        parts = parts._replace(netloc=parts.netloc.rsplit("@", 1)[1])
+    req = urllib.request.Request(urllib.parse.urlunsplit(parts).rstrip("/") + "/health", headers=headers)
     try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as resp:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             if resp.status != 200:
-                raise UserError(f"tracking server {uri} answered /health with HTTP {resp.status}")
+                raise UserError(f"tracking server {redact(uri)} answered /health with HTTP {resp.status}")
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise UserError(f"tracking server {uri} did not answer within {timeout:.0f} s ({reason})") from None
+        raise UserError(f"tracking server {redact(uri)} did not answer within {timeout:.0f} s ({redact(reason)})") from None
 
 
 def git_info(repo: Path) -> dict[str, str]:
@@ -131,7 +161,7 @@ class MlflowTracker(NullTracker):
                 self._failures += 1
                 if self._failures in (1, 10, 100) or self._failures % 1000 == 0:
                     print(f"warning: MLflow logging failed ({self._failures}x): {type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}; training continues", file=sys.stderr)
+                          f"{redact(str(exc).splitlines()[0]) if str(exc) else ''}; training continues", file=sys.stderr)
 
 
 def start_tracking(
@@ -143,9 +173,14 @@ def start_tracking(
     params: dict[str, object],
     tags: dict[str, str],
 ) -> MlflowTracker:
-    """Create (or, when RUN_DIR/mlflow_run_id exists, reopen) the MLflow run."""
+    """Create (or, when RUN_DIR/mlflow_run_id exists, reopen) the MLflow run. Params and tags
+    pass through ``redact`` first: no credential reaches the tracking store."""
+    params = {k: redact(v) for k, v in params.items()}
+    tags = {k: redact(v) for k, v in tags.items()}
     uri, artifact_root = resolve_uri(uri, run_dir)
     probe_server(uri)
+    if redact(uri) != uri:  # MLflow prints "View run at <uri>" on stdout, credentials and all
+        os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     import logging
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Optional
 
@@ -146,8 +147,10 @@ class CelebASource(Source):
         try:
             im = common.decode_image(self._read(name))
             arr = common.to_square_array(im, self.resolution, 3, self.crop)
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError):
-            return key, None, -1  # corrupt: skipped and counted by the writer
+        except (ValueError, OSError, zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError):
+            # damaged data, a deflate stream that breaks, an unknown compression method or an
+            # "encrypted" flag: a corrupt input, skipped and counted by the writer
+            return key, None, -1
         return key, arr, -1
 
 

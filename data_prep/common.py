@@ -7,10 +7,12 @@ import typer
 
 import hashlib
 import io
+import lzma
 import os
 import stat
 import tarfile
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Optional
 
@@ -30,6 +32,10 @@ IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff",
 # ------------------------------------------------------------------------------------------
 
 
+# What a damaged tar.gz/.bz2/.xz raises while it is read: zlib and lzma errors are not OSErrors.
+_TAR_ERRORS = (tarfile.TarError, EOFError, OSError, zlib.error, lzma.LZMAError)
+
+
 def check_member_name(archive, name: str) -> None:
     """Refuse names that would land outside a folder they were extracted to."""
     p = PurePosixPath(name.replace("\\", "/"))
@@ -40,7 +46,7 @@ def check_member_name(archive, name: str) -> None:
 def check_tar_members(archive, tf: tarfile.TarFile) -> list[tarfile.TarInfo]:
     try:
         members = tf.getmembers()
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except _TAR_ERRORS as exc:
         raise UserError(f"{archive}: truncated or corrupt archive ({exc})") from None
     for m in members:
         check_member_name(archive, m.name)
@@ -56,7 +62,7 @@ def open_tar(path) -> tarfile.TarFile:
         return tarfile.open(path, "r:*")
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except _TAR_ERRORS as exc:
         raise UserError(f"{path}: not a readable tar archive ({exc})") from None
 
 
@@ -64,7 +70,7 @@ def read_tar_member(path, tf: tarfile.TarFile, m: tarfile.TarInfo) -> bytes:
     try:
         f = tf.extractfile(m)
         data = f.read() if f is not None else b""
-    except (tarfile.TarError, EOFError, OSError) as exc:
+    except _TAR_ERRORS as exc:
         raise UserError(f"{path}: truncated or corrupt archive at {m.name} ({exc})") from None
     if len(data) != m.size:
         raise UserError(f"{path}: truncated archive at {m.name}")

@@ -12,6 +12,7 @@ index in its idx file (``00042``). ``--resolution`` other than 28 resizes with L
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     start = 4 + 4 * ndim
-    need = int(np.prod(dims))
+    need = math.prod(dims)  # exact: numpy's int64 product wraps, and a crafted header can wrap to 0
     if len(data) - start != need:
         raise UserError(f"{path}: holds {len(data) - start} data bytes, its header ({'x'.join(map(str, dims))}) says {need}"
                         + (" (truncated)" if len(data) - start < need else ""))

@@ -27,6 +27,9 @@ dali_die() {
   exit "${2:-2}"
 }
 
+# A URI without its credentials (user:password@), for the job log.
+dali_redact_uri() { printf '%s\n' "$1" | sed -E 's#(://)[^/@[:space:]]+@#\1***@#g'; }
+
 # Absolute path without requiring it to exist.
 dali_abspath() {
   case "$1" in
@@ -269,7 +272,7 @@ dali_banner() {
   dali_log "rendezvous $DALI_MAIN_ADDR:$DALI_MAIN_PORT, launch config $DALI_ACCEL_CONFIG, $DALI_CPUS_PER_TASK CPU(s)/node, OMP_NUM_THREADS=$OMP_NUM_THREADS"
   dali_log "run dir $RUN_DIR; python $DALI_PYTHON"
   if [ -n "${TRACKING_URI:-${MLFLOW_TRACKING_URI:-}}" ]; then
-    dali_log "MLflow: ${TRACKING_URI:-$MLFLOW_TRACKING_URI}"
+    dali_log "MLflow: $(dali_redact_uri "${TRACKING_URI:-$MLFLOW_TRACKING_URI}")"
   else
     dali_log "MLflow: SQLite at $(dirname "$RUN_DIR")/mlflow.db (unsafe on a shared file system for concurrent jobs: set TRACKING_URI=http://host:5000)"
   fi

@@ -222,7 +222,6 @@ def test_truncated_shard_in_training(mnist_dir, tmp_path, workers):
     shutil.copytree(root / "raw", tmp_path / "raw")
     for p in (tmp_path / "raw" / "train").iterdir():
         p.write_bytes(p.read_bytes()[:5000])
-    s = TrainStream(tmp_path / "raw", batch_size=10, seed=0, num_workers=workers)
-    with pytest.raises(UserError) as e:
-        _take(s, 30)
+    with pytest.raises(UserError) as e:  # found by the size check, before any batch is read
+        _take(TrainStream(tmp_path / "raw", batch_size=10, seed=0, num_workers=workers), 30)
     assert "truncated" in str(e.value) and "shard-" in str(e.value) and "\n" not in str(e.value)
