@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -364,9 +365,18 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
 
 
+def _plain_data(value: Any, where: str) -> Any:
+    """YAML anchors can build values that contain themselves; a config holds plain trees only."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise UserError(f"{where}: values must be plain scalars, lists or mappings ({exc})") from None
+    return value
+
+
 def _read_yaml(text: str, where: str) -> dict:
     try:
-        data = yaml.safe_load(text)
+        data = _plain_data(yaml.safe_load(text), where)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         pos = f" line {mark.line + 1}" if mark is not None else ""
@@ -411,7 +421,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
-    return key.split("."), value
+    return key.split("."), _plain_data(value, f"--set {key}")
 
 
 def load_config(name_or_path: str, overrides: list[str] = (), data: Optional[str] = None) -> Config:

@@ -83,7 +83,7 @@ class DeviceBatches:
             self.stream = TrainStream(
                 cfg.data.source, split="train", batch_size=batch_size, seed=cfg.train.seed,
                 rank=rank, world_size=world_size, num_workers=cfg.data.num_workers,
-                as_uint8=True, pin_memory=device.type == "cuda",
+                as_uint8=True, pin_memory=device.type == "cuda", on_corrupt=cfg.data.on_corrupt,
             )
             self.info = self.stream.info
             check_data_matches(cfg, self.info)
@@ -474,6 +474,8 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
                 record = {"step": state.step, **dict(zip(stat_names, means)),
                           "lr_g": base_lrs[1] * f, "lr_d": base_lrs[0] * f,
                           "skipped_d_total": updates[0].skipped, "skipped_ge_total": updates[1].skipped,
+                          # data.on_corrupt=skip: samples this rank replaced (rank 0's count)
+                          "corrupt_samples_skipped": getattr(data.stream, "corrupt_skipped", 0),
                           **({"loss_scale_d": updates[0].scale, "loss_scale_ge": updates[1].scale} if fp16 else {}),
                           "images_per_s": tick_n * cfg.train.batch_size / max(now - tick_start, 1e-9),
                           "elapsed_s": elapsed_before + now - session_start}

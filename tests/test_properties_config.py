@@ -118,9 +118,7 @@ def test_self_referencing_yaml_is_a_user_error():
         load_config("grid2d", ["model.g_hidden=&a [*a]"])
 
 
-@pytest.mark.xfail(strict=True, raises=RecursionError,
-                   reason="found by test_any_overrides_give_a_config_or_one_user_error (explore profile): "
-                          "config._merge recurses into two self-referencing mappings; fix pending in config.py")
 def test_the_same_self_referencing_mapping_set_twice():
+    # found by test_any_overrides_give_a_config_or_one_user_error (explore profile): _merge recursed
     with pytest.raises(UserError):
         load_config("grid2d", ["model.adversarial=&a {x: *a}", "model.adversarial=&a {x: *a}"])

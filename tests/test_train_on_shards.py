@@ -52,3 +52,19 @@ def test_grid2d_trains_from_prepared_points(tmp_path):
     cfg = load_config("grid2d", ["train.steps=4", "train.batch_size=64", "tracking.enabled=false",
                                  "train.sample_every=0"], data=str(tmp_path / "g"))
     assert train(cfg, tmp_path / "run") == 0
+
+
+@pytest.mark.timeout(180)
+def test_trainer_follows_the_corrupt_data_policy(tmp_path, mnist_shards):
+    """data.on_corrupt: error stops with one line naming the shard; skip trains on and counts."""
+    from tests import _corrupt
+
+    shards = _corrupt.copy(mnist_shards, tmp_path / "shards")
+    _corrupt.flip_bytes(_corrupt.shard_path(shards, "train", 0))  # same size, wrong sha256
+    bad = _corrupt.shard_path(shards, "train", 0).name
+    with pytest.raises(UserError, match=bad):
+        train(load_config("mnist", [*TINY_IMG, "train.steps=6"], data=str(shards)), tmp_path / "strict")
+    cfg = load_config("mnist", [*TINY_IMG, "train.steps=6", "data.on_corrupt=skip"], data=str(shards))
+    assert train(cfg, tmp_path / "lenient") == 0
+    rec = json.loads((tmp_path / "lenient" / "stats.jsonl").read_text().splitlines()[-1])
+    assert rec["step"] == 6 and rec["corrupt_samples_skipped"] >= 1
