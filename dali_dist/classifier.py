@@ -19,12 +19,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 import typer
 from torch import nn

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
-import torch
 import typer
 
 from .checkpoint import Exported, complete_checkpoints, load_export, newest_checkpoint
