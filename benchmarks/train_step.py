@@ -34,8 +34,8 @@ from dali_dist.config import load_config  # noqa: E402
 from dali_dist.distributed import agree_max, autocast_factory, make_accelerator  # noqa: E402
 from dali_dist.losses import encoder_loss  # noqa: E402
 from dali_dist.models import build_models, sample_shape  # noqa: E402
-from dali_dist.precision import PhaseUpdate, make_adam  # noqa: E402
-from dali_dist.seeding import derive_seed, latent  # noqa: E402
+from dali_dist.precision import PhaseUpdate, make_adam, plain_backward  # noqa: E402
+from dali_dist.seeding import derive_seed, latent, reseed_step_generators  # noqa: E402
 
 
 def make_cfg(preset: str, precision: str, batch: int):
@@ -96,7 +96,7 @@ def trainer_step_fn(cfg, device):
     G, D, E, opt_d, opt_ge = nets_and_opts(cfg, device)
     G, D, E, opt_d, opt_ge = accelerator.prepare(G, D, E, opt_d, opt_ge)
     fp16 = cfg.train.mixed_precision == "fp16"
-    updates = tuple(PhaseUpdate(name, opt, backward=accelerator.backward, agree=lambda f: agree_max(accelerator, f),
+    updates = tuple(PhaseUpdate(name, opt, backward=plain_backward, agree=lambda f: agree_max(accelerator, f),
                                 fp16=fp16, device=device) for name, opt in (("d", opt_d), ("ge", opt_ge)))
     step_fn = DaliStep(Networks(G, D, E, opt_d, opt_ge), variant="dali", lambda_e=cfg.lambda_e,
                        update_order="alternating", autocast=autocast_factory(accelerator, cfg), updates=updates)
@@ -105,7 +105,7 @@ def trainer_step_fn(cfg, device):
     def step(x):
         s = counter["step"]
         zs = [latent(len(x), cfg.model.latent_dim, 0, 0, s, i, device=device) for i in range(2)]
-        torch.manual_seed(derive_seed("step", 0, 0, s))
+        reseed_step_generators(derive_seed("step", 0, 0, s), device)
         stats = step_fn([x], zs)
         sums = torch.stack(list(stats.values()))  # the trainer sums stats on the device per step
         counter["sum"] = sums if counter.get("sum") is None else counter["sum"] + sums
@@ -137,7 +137,7 @@ def zero_step_fn(cfg, device, stage: int = 2):
     def step(x):
         s = counter["step"]
         zs = [latent(len(x), cfg.model.latent_dim, 0, 0, s, i, device=device) for i in range(2)]
-        torch.manual_seed(derive_seed("step", 0, 0, s))
+        reseed_step_generators(derive_seed("step", 0, 0, s), device)
         step_fn([x], zs)
         counter["step"] += 1
     step.updates = updates

@@ -32,6 +32,12 @@ def make_adam(params, lr: float, betas: tuple[float, float], device: torch.devic
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=device.type == "cuda" or None)
 
 
+def plain_backward(loss: torch.Tensor, **kwargs) -> None:
+    """``accelerator.backward`` would only divide by gradient-accumulation steps and apply its
+    GradScaler, neither of which this trainer uses; DDP's hooks fire on a plain backward."""
+    loss.backward(**kwargs)
+
+
 def _inner(optimizer):
     """The torch optimizer under Accelerate's wrapper."""
     return getattr(optimizer, "optimizer", optimizer)
@@ -66,7 +72,10 @@ class PhaseUpdate:
         self._run = torch.zeros((), device=device)  # skipped steps in a row, now
         self._max_run = torch.zeros((), device=device)  # the longest such run since the last read
         self._one = torch.ones((), device=device)
-        inner = _inner(optimizer)
+        # The torch optimizer itself, not Accelerate's wrapper: with no gradient accumulation and
+        # no Accelerate scaler the wrapper adds nothing but host time (it looks up optional
+        # packages on disk in every step() and inspects signatures in every zero_grad()).
+        self._inner = inner = _inner(optimizer)
         self._on_device_skip = bool(inner.defaults.get("fused")) and isinstance(inner, (torch.optim.Adam, torch.optim.AdamW))
 
     # host reads, for logs and checkpoints only
@@ -85,27 +94,27 @@ class PhaseUpdate:
         return longest
 
     def zero_grad(self) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+        self._inner.zero_grad(set_to_none=True)
 
     def backward(self, loss: torch.Tensor, **kwargs) -> None:
         self._backward(loss * self._scale if self.fp16 else loss, **kwargs)
 
     def step(self) -> torch.Tensor:
-        grads = [p.grad for p in _params(self.optimizer) if p.grad is not None]
+        grads = [p.grad for p in _params(self._inner) if p.grad is not None]
         found_inf = torch.zeros((), device=self._scale.device)
         if grads:
             inv_scale = self._scale.reciprocal() if self.fp16 else self._one
             torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, inv_scale)
         found_inf = self._agree(found_inf)
-        inner = _inner(self.optimizer)
+        inner = self._inner
         if self._on_device_skip:
             inner.found_inf, inner.grad_scale = found_inf, None  # the fused kernel skips on the device
             try:
-                self.optimizer.step()
+                inner.step()
             finally:
                 del inner.found_inf, inner.grad_scale
         elif not found_inf.item():
-            self.optimizer.step()
+            inner.step()
         if self.fp16:
             torch._amp_update_scale_(self._scale, self._growth, found_inf, 2.0, 0.5, FP16_GROWTH_INTERVAL)
         self._skipped += found_inf

@@ -40,9 +40,9 @@ from .ema import EMA
 from .errors import RankStoppedAnswering, TrainingDiverged, UserError
 from .mixture import GridStream, grid_means
 from .models import build_models, encode
-from .precision import PhaseUpdate, make_adam
+from .precision import PhaseUpdate, make_adam, plain_backward
 from .schedule import lr_factor
-from .seeding import derive_seed, latent
+from .seeding import derive_seed, latent, reseed_step_generators
 from .tracking import NullTracker, git_info, start_tracking, system_metrics
 from .visualize import image_grid_png, scatter_png, to_uint8_images
 from .watchdog import RankWatchdog
@@ -323,7 +323,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
         if E is not None:
             E = accelerator.prepare(E)
         updates = tuple(
-            PhaseUpdate(name, opt, backward=accelerator.backward, agree=lambda f: agree_max(accelerator, f), fp16=fp16,
+            PhaseUpdate(name, opt, backward=plain_backward, agree=lambda f: agree_max(accelerator, f), fp16=fp16,
                         device=accelerator.device)
             for name, opt in (("d", opt_d), ("ge", opt_ge))
         )
@@ -446,7 +446,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
             zs = [latent(batch, d, cfg.train.seed, rank, state.step, i, device=device) for i in range(n_z)]
             # randomness inside the step (ALI's encoder noise, WGAN-GP's interpolation weights)
             # uses the global generator: reseed it per (seed, rank, step) for exact resumes
-            torch.manual_seed(derive_seed("step", cfg.train.seed, rank, state.step))
+            reseed_step_generators(derive_seed("step", cfg.train.seed, rank, state.step), device)
             stats = step_fn(reals, zs)
             if ema_g is not None:
                 ema_g.update(unwrap(G))
