@@ -44,14 +44,25 @@ def sample_command(
     device: str = typer.Option("cpu", "--device"),
 ) -> None:
     """Write N generated samples."""
+    import signal
+    import sys
+
     from .checkpoint import load_export, newest_checkpoint
-    from .generate import generate, write_samples
+    from .generate import GenerationStopped, generate, write_samples
 
     if (checkpoint is None) == (run_dir is None):
         raise UserError("give exactly one of --checkpoint or --run-dir")
     checkpoint = checkpoint or newest_checkpoint(run_dir)
     exp = load_export(checkpoint, device)
-    samples = generate(exp, num, seed=seed, batch_size=batch_size)
+    stop = {"requested": False}  # set by the handler, acted on between batches
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, lambda *_: stop.update(requested=True))
+    try:
+        samples = generate(exp, num, seed=seed, batch_size=batch_size, progress=sys.stderr.isatty(),
+                           should_stop=lambda: stop["requested"])
+    except GenerationStopped as exc:
+        typer.echo(f"sample: {exc}; nothing written to {out} (run it again)", err=True)
+        raise typer.Exit(75)
     write_samples(samples, out, exp.cfg.data.dataset == "grid2d")
     typer.echo(f"wrote {num} samples to {out}")
 

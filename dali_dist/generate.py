@@ -4,9 +4,11 @@ alone, so results do not depend on batch size, device count or global RNG state.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .checkpoint import Exported
 from .errors import UserError
@@ -18,15 +20,27 @@ def per_sample_latents(indices, dim: int, seed: int) -> torch.Tensor:
     return torch.stack([torch.randn(dim, generator=generator("sample", seed, i)) for i in indices])
 
 
+class GenerationStopped(Exception):
+    """A stop was requested (SIGTERM/SIGUSR1) between batches; nothing was written."""
+
+
 @torch.no_grad()
-def generate(exp: Exported, n: int, *, seed: int, batch_size: int = 500) -> torch.Tensor:
-    """n samples from G as a float CPU tensor ((n, 2) or (n, C, H, W) in [-1, 1])."""
+def generate(exp: Exported, n: int, *, seed: int, batch_size: int = 500, progress: bool = False,
+             should_stop: Optional[Callable[[], bool]] = None) -> torch.Tensor:
+    """n samples from G as a float CPU tensor ((n, 2) or (n, C, H, W) in [-1, 1]).
+
+    ``should_stop`` is polled between batches: a long export on a preemptible node ends
+    promptly, without a partial output, when the scheduler asks."""
     device = next(exp.G.parameters()).device
     out = []
-    for start in range(0, n, batch_size):
-        m = min(batch_size, n - start)
-        z = per_sample_latents(range(start, start + m), exp.cfg.model.latent_dim, seed).to(device)
-        out.append(exp.G(z).float().cpu())
+    with tqdm(total=n, disable=not progress, unit="img", desc="sample") as bar:
+        for start in range(0, n, batch_size):
+            if should_stop is not None and should_stop():
+                raise GenerationStopped(f"stopped after {start} of {n} samples")
+            m = min(batch_size, n - start)
+            z = per_sample_latents(range(start, start + m), exp.cfg.model.latent_dim, seed).to(device)
+            out.append(exp.G(z).float().cpu())
+            bar.update(m)
     return torch.cat(out)
 
 

@@ -483,7 +483,8 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
                     stats_file.write(json.dumps(record) + "\n")
                     stats_file.flush()
                 tracker.log_metrics({**{k: v for k, v in record.items() if k != "step"}, **system_metrics()}, step=state.step)
-                bar.set_postfix({k: f"{record[k]:.3g}" for k in ("loss_d", "loss_g", "loss_e") if k in record})
+                bar.set_postfix({"img/s": f"{record['images_per_s']:.0f}",
+                                 **{k: f"{record[k]:.3g}" for k in ("loss_d", "loss_g", "loss_e") if k in record}})
                 tick_sum, tick_n, tick_start = None, 0, now
             if accelerator.is_main_process and cfg.train.sample_every and (state.step % cfg.train.sample_every == 0 or last):
                 sample_g = precise_bn_copy(ema_g.shadow if ema_g else unwrap(G), d, batches=cfg.train.export_bn_batches,

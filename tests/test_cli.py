@@ -92,3 +92,28 @@ def test_yaml_boolean_spellings_reach_string_choices():
 
     assert load_config("grid2d", ["train.mixed_precision=no"]).train.mixed_precision == "no"
     assert load_config("grid2d", ["train.mixed_precision=bf16"]).train.mixed_precision == "bf16"
+
+
+@pytest.mark.timeout(180)
+def test_sample_export_stops_between_batches_on_sigterm(tmp_path, tiny_grid_cfg):
+    """A long export on a preemptible node: SIGTERM ends it at the next batch with exit 75 and
+    no partial output file."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from dali_dist.train import train
+    from tests.conftest import REPO
+
+    assert train(tiny_grid_cfg("train.steps=2"), tmp_path / "run") == 0
+    out = tmp_path / "samples.npy"
+    p = subprocess.Popen([sys.executable, "-m", "dali_dist.cli", "sample", "--run-dir", str(tmp_path / "run"),
+                          "--num", "5000000", "--batch-size", "1000", "--out", str(out)],
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
+    time.sleep(6)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 75, err[-2000:]
+    assert "nothing written" in err and not out.exists() and not list(tmp_path.glob("samples.npy*"))
