@@ -154,3 +154,36 @@ def test_full_disk_during_checkpoint_is_one_clear_error_and_keeps_the_previous(t
     assert [s for s, _ in complete_checkpoints(tmp_path)] == [5]
     assert not list((tmp_path / "checkpoints").glob(".tmp*"))
     assert load_export(tmp_path / "checkpoints" / "step-5").meta["step"] == 5
+
+
+@pytest.mark.timeout(180)
+def test_sigusr1_mid_run_checkpoints_and_exits_75_then_resumes(tmp_path):
+    """What Slurm's --signal=USR1 does to a single-process run (no launcher): the trainer
+    finishes its step, checkpoints, exits 75; --resume auto continues from that step."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO, TINY_GRID
+
+    sets = [a for s in [*TINY_GRID, "train.steps=1000000", "train.checkpoint_every=1000000"] for a in ("--set", s)]
+    cmd = [sys.executable, "-m", "dali_dist.train", "--config", "grid2d", "--run-dir", str(tmp_path), *sets]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stats = tmp_path / "stats.jsonl"
+    deadline = time.time() + 90
+    while not (stats.exists() and stats.stat().st_size) and time.time() < deadline:
+        time.sleep(0.2)
+    p.send_signal(signal.SIGUSR1)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == EXIT_REQUEUE, err[-2000:]
+    assert (tmp_path / "exit_code").read_text() == "75\n"
+    (step, ckpt), = complete_checkpoints(tmp_path)
+    assert step > 0 and f"checkpointed step {step}" in out
+    r = subprocess.run(cmd[:-len(sets)] + [a if a != "train.steps=1000000" else f"train.steps={step + 5}" for a in sets]
+                       + ["--resume", "auto"], env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"resumed from {ckpt} at step {step}" in r.stdout
+    assert (tmp_path / "exit_code").read_text() == "0\n"
