@@ -357,7 +357,7 @@ PY
 dali_smoke() {
   local steps=${SMOKE_STEPS:-50} code
   TRAIN_ARGS+=(--set "train.steps=$steps" --set train.checkpoint_every=10 --set train.log_every=5)
-  dali_log "SMOKE: part 1/3: train with RUN_DIR/STOP present (stop after the first step, as a signal would)"
+  dali_log "SMOKE: part 1/3: train with RUN_DIR/STOP present (stop at the first stop poll, as a signal would: step 1 for one process, step 10 for several)"
   touch "$RUN_DIR/STOP"
   dali_run_step
   code=$(dali_exit_code)
