@@ -38,14 +38,38 @@ def find_file(root: Path, stem: str) -> Path:
     raise UserError(f"{root}: missing {stem}[.gz] (an MNIST-format folder needs train-* and t10k-* idx files)")
 
 
+# Far above any MNIST-format set (EMNIST by_class, the largest, is about 0.55 GB of pixels): a
+# header claiming more is garbage or a decompression bomb, refused before anything is read.
+MAX_IDX_BYTES = 4 << 30
+
+
 def read_idx(path: Path, magic: int) -> np.ndarray:
-    """An idx file (gzip or not) as a uint8 array; checks the magic number and the size."""
+    """An idx file (gzip or not) as a uint8 array; checks the magic number and the size.
+
+    Reads exactly what the header announces (plus one byte to detect extra data), never the
+    whole decompressed stream, so a small gzip cannot expand into all of memory."""
     try:
         with open(path, "rb") as f:
             head = f.read(2)
         opener = gzip.open if head == b"\x1f\x8b" else open
         with opener(path, "rb") as f:
-            data = f.read()
+            header = f.read(4)
+            if len(header) < 4 or int.from_bytes(header, "big") != magic:
+                data = header + f.read(4)
+            else:
+                header += f.read(4 * header[3])
+                data = None
+            if data is None:
+                ndim = header[3]
+                if len(header) < 4 + 4 * ndim:
+                    data = header
+                else:
+                    dims = [int.from_bytes(header[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+                    need = math.prod(dims)  # exact: numpy's int64 product wraps; a crafted header can wrap to 0
+                    if need > MAX_IDX_BYTES:
+                        raise UserError(f"{path}: its header ({'x'.join(map(str, dims))}) claims {need} bytes, more than "
+                                        f"an MNIST-format file holds ({MAX_IDX_BYTES >> 30} GiB at most): not an idx file")
+                    data = header + f.read(need + 1)
     except (OSError, EOFError, zlib.error) as exc:
         raise UserError(f"{path}: truncated or corrupt gzip ({exc})") from None
     if len(data) < 8:
@@ -57,10 +81,11 @@ def read_idx(path: Path, magic: int) -> np.ndarray:
     ndim = data[3]
     dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     start = 4 + 4 * ndim
-    need = math.prod(dims)  # exact: numpy's int64 product wraps, and a crafted header can wrap to 0
+    need = math.prod(dims)
     if len(data) - start != need:
-        raise UserError(f"{path}: holds {len(data) - start} data bytes, its header ({'x'.join(map(str, dims))}) says {need}"
-                        + (" (truncated)" if len(data) - start < need else ""))
+        more = len(data) - start > need
+        raise UserError(f"{path}: holds {'more than ' + str(need) if more else len(data) - start} data bytes, "
+                        f"its header ({'x'.join(map(str, dims))}) says {need}" + ("" if more else " (truncated)"))
     return np.frombuffer(data, np.uint8, offset=start).reshape(dims)
 
 

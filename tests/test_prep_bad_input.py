@@ -247,3 +247,28 @@ def test_subprocess_exit_code_and_one_line(tmp_path):
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0], r.stderr
+
+
+def test_mnist_gzip_bomb_and_absurd_header_are_refused_without_reading_it_all(tmp_path):
+    """A small .gz that inflates far beyond its header, or a header claiming terabytes: one
+    line, exit 2, and only the announced bytes are ever decompressed."""
+    import gzip
+    import resource
+
+    from tests.conftest import run_cli
+
+    make_mnist = A.make_mnist
+    make_mnist(tmp_path / "bomb")
+    with gzip.GzipFile(tmp_path / "bomb" / "train-images-idx3-ubyte.gz", "wb", mtime=0) as f:
+        f.write((0x00000803).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in (12, 28, 28)))
+        for _ in range(64):  # 1 GiB of zeros after the 9,408 bytes the header announces (~1 MB on disk)
+            f.write(bytes(16 << 20))
+    make_mnist(tmp_path / "huge")
+    with gzip.GzipFile(tmp_path / "huge" / "train-images-idx3-ubyte.gz", "wb", mtime=0) as f:
+        f.write((0x00000803).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in (4_000_000_000, 28, 28)))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    for name, expect in (("bomb", "holds more than 9408 data bytes"), ("huge", "not an idx file")):
+        r = run_cli("prep", "mnist", "--source", str(tmp_path / name), "--out", str(tmp_path / f"out-{name}"), "--quiet")
+        assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # the child never held the inflated gigabyte (ru_maxrss is in KiB on Linux)
+    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < max(before, 1) + (900 << 10)
