@@ -18,6 +18,7 @@ from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwar
 
 from .config import Config
 from .errors import UserError
+from .precision import PhaseUpdate, plain_backward
 
 
 def make_accelerator(cfg: Config) -> Accelerator:
@@ -46,12 +47,12 @@ def make_accelerator(cfg: Config) -> Accelerator:
     )
 
 
-def autocast_factory(accelerator: Accelerator, cfg: Config):
+def autocast_factory(device: torch.device, cfg: Config):
     """A no-argument context factory for forward passes in the configured precision."""
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(cfg.train.mixed_precision)
     if dtype is None:
         return nullcontext
-    return partial(torch.autocast, device_type=accelerator.device.type, dtype=dtype)
+    return partial(torch.autocast, device_type=device.type, dtype=dtype)
 
 
 def agree_max(accelerator: Accelerator, flag: torch.Tensor) -> torch.Tensor:
@@ -65,6 +66,16 @@ def agree_max(accelerator: Accelerator, flag: torch.Tensor) -> torch.Tensor:
     if accelerator.num_processes == 1:
         return flag
     return accelerator.reduce(flag.reshape(1).float(), reduction="max").reshape(())
+
+
+def phase_updates(accelerator: Accelerator, cfg: Config, opt_d, opt_ge) -> tuple[PhaseUpdate, PhaseUpdate]:
+    """The D and G+E phase updates of a DDP (or single-process) run, skips agreed across ranks."""
+    fp16 = cfg.train.mixed_precision == "fp16"
+    return tuple(
+        PhaseUpdate(name, opt, backward=plain_backward, agree=lambda f: agree_max(accelerator, f), fp16=fp16,
+                    device=accelerator.device)
+        for name, opt in (("d", opt_d), ("ge", opt_ge))
+    )
 
 
 def requested_processes(cmdline: list[str]) -> int | None:

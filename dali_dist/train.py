@@ -34,13 +34,13 @@ from .checkpoint import (
 from .cli_util import exits_cleanly
 from .config import Config, dump_yaml, load_config
 from .distributed import (
-    agree_max, any_rank, autocast_factory, check_world_size, make_accelerator, per_rank_batch, replicas_agree,
+    any_rank, autocast_factory, check_world_size, make_accelerator, per_rank_batch, phase_updates, replicas_agree,
 )
 from .ema import EMA
 from .errors import RankStoppedAnswering, TrainingDiverged, UserError
 from .mixture import GridStream, grid_means
 from .models import build_models, encode
-from .precision import PhaseUpdate, make_adam, plain_backward
+from .precision import make_adam
 from .schedule import lr_factor
 from .seeding import derive_seed, latent, reseed_step_generators
 from .tracking import NullTracker, git_info, start_tracking, system_metrics
@@ -322,11 +322,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
         G, D, opt_d, opt_ge = accelerator.prepare(G, D, opt_d, opt_ge)
         if E is not None:
             E = accelerator.prepare(E)
-        updates = tuple(
-            PhaseUpdate(name, opt, backward=plain_backward, agree=lambda f: agree_max(accelerator, f), fp16=fp16,
-                        device=accelerator.device)
-            for name, opt in (("d", opt_d), ("ge", opt_ge))
-        )
+        updates = phase_updates(accelerator, cfg, opt_d, opt_ge)
     if ema_g is not None:
         ema_g.shadow.to(accelerator.device)
     if ema_e is not None:
@@ -337,7 +333,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     step_fn = DaliStep(
         nets, variant=cfg.model.variant, lambda_e=cfg.lambda_e, update_order=cfg.train.update_order,
         adversarial=cfg.model.adversarial, gp_weight=cfg.model.gp_weight,
-        autocast=autocast_factory(accelerator, cfg), updates=updates,
+        autocast=autocast_factory(accelerator.device, cfg), updates=updates,
     )
     device = accelerator.device
     data = DeviceBatches(cfg, rank, world, batch, device)

@@ -123,7 +123,8 @@ class ZeroPhase:
         self.skipped += skipped
         self._run = self._run + 1 if skipped else 0
         self._max_run = max(self._max_run, self._run)
-        return torch.tensor(float(skipped))
+        # on the engine's device: the trainer stacks all step statistics there
+        return torch.tensor(float(skipped), device=self.engine.device)
 
     def pop_longest_run(self) -> int:
         longest, self._max_run = self._max_run, self._run
@@ -151,7 +152,7 @@ def _plain(obj):
     if isinstance(obj, dict):
         return {k: _plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_plain(v) for v in obj) if isinstance(obj, list) else tuple(_plain(v) for v in obj)
+        return type(obj)(_plain(v) for v in obj)
     return obj
 
 
