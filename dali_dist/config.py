@@ -70,7 +70,33 @@ class ModelConfig:
     e_hidden: list[int] = field(default_factory=lambda: [256])
     """Encoder hidden widths on top of D's trunk features (mlp family); [] means linear heads."""
     width: int = 64
-    """Base channel width of the DCGAN family (doubles at each downsampling)."""
+    """Base channel width of the image networks (doubles at each downsampling)."""
+    g_arch: Literal["dcgan", "fc"] = "dcgan"
+    """Image generator: dcgan (z -> smallest map by one transposed conv) or fc (the authors'
+    MNIST generator: two fully connected layers z -> g_fc_width -> smallest map, with
+    BatchNorm and ReLU, then the same transposed convs)."""
+    g_fc_width: int = 1024
+    """Width of the fc generator's first fully connected layer."""
+    d_head: Literal["conv", "mlp"] = "conv"
+    """Image discriminator head on the trunk's smallest map: conv (one linear conv over the
+    map) or mlp (the authors' MNIST head: FC -> d_head_width, BatchNorm, LeakyReLU, FC -> 1).
+    ALI's joint discriminator uses d_head_width for its (x, z) MLP when this is mlp."""
+    d_head_width: int = 1024
+    """Hidden width of the mlp discriminator head (and of ALI's joint head when d_head=mlp)."""
+    d_norm: Literal["batch", "spectral"] = "batch"
+    """Image discriminator normalisation: batch (BatchNorm after every conv but the first, as
+    DCGAN) or spectral (spectral norm on every D layer and no BatchNorm, as SN-GAN)."""
+    lrelu_slope: float = 0.2
+    """Negative slope of the LeakyReLUs of the image discriminator and encoder (authors: 0.1
+    on MNIST, 0.2 on CIFAR-10)."""
+    e_arch: Literal["conv", "conv-bn"] = "conv"
+    """Image encoder on D's feature map: conv (3x3 conv keeping the channels, then mu and
+    log sigma^2 heads FC -> e_head_width, LeakyReLU, FC) or conv-bn (the authors' MNIST
+    encoder: 3x3 conv halving the channels with BatchNorm, heads FC, LeakyReLU, BatchNorm, FC)."""
+    e_head_width: Optional[int] = None
+    """Hidden width of each encoder head; None means max(2 d, 256)."""
+    lambda_e_ramp_steps: int = 0
+    """Ramp the encoder weight linearly from 0 to lambda_e over this many steps (0: constant)."""
     logvar_min: float = -10.0
     """Lower clamp of the encoder's log-variance, so 1/sigma^2 stays finite."""
     logvar_max: float = 6.0
@@ -80,9 +106,14 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     lr_g: float = 2e-4
-    """Adam learning rate of the generator and encoder (stepped together)."""
+    """Adam learning rate of the generator (G and E share one optimizer step)."""
     lr_d: float = 2e-4
     """Adam learning rate of the discriminator."""
+    lr_e: Optional[float] = None
+    """Adam learning rate of the encoder; None means lr_g."""
+    schedule_e: bool = True
+    """Whether the encoder's learning rate follows the schedule (the authors decay G's and
+    D's only: false). Warm-up applies to every network either way."""
     beta1: float = 0.5
     """Adam beta1 (the authors use 0.5)."""
     beta2: float = 0.999
@@ -201,9 +232,12 @@ class Config:
 _POSITIVE_INT = {
     "train.dist_timeout_s", "train.steps", "train.batch_size", "train.d_steps", "train.log_every",
     "train.checkpoint_every", "train.keep_checkpoints", "train.max_nonfinite", "model.latent_dim", "model.width",
-    "eval.num_samples", "eval.batch_size",
+    "eval.num_samples", "eval.batch_size", "model.g_fc_width", "model.d_head_width",
 }
-_NON_NEGATIVE_INT = {"train.export_bn_batches", "train.sample_every", "train.keep_every", "optim.warmup_steps", "data.num_workers"}
+# Upper limits on sizes, so that a typo is a config error instead of an allocator failure.
+MAX_WIDTH = 16384
+_WIDTHS = ("model.width", "model.g_fc_width", "model.d_head_width", "model.e_head_width")
+_NON_NEGATIVE_INT = {"model.lambda_e_ramp_steps", "train.export_bn_batches", "train.sample_every", "train.keep_every", "optim.warmup_steps", "data.num_workers"}
 
 
 def validate(cfg: Config) -> None:
@@ -213,8 +247,8 @@ def validate(cfg: Config) -> None:
     for dotted in _NON_NEGATIVE_INT:
         if _get(cfg, dotted) < 0:
             raise UserError(f"config: {dotted} must be >= 0, got {_get(cfg, dotted)}")
-    for dotted in ("optim.lr_g", "optim.lr_d"):
-        if not _get(cfg, dotted) > 0:
+    for dotted in ("optim.lr_g", "optim.lr_d", "optim.lr_e"):
+        if _get(cfg, dotted) is not None and not 0 < _get(cfg, dotted) < float("inf"):
             raise UserError(f"config: {dotted} must be > 0, got {_get(cfg, dotted)}")
     for dotted in ("optim.beta1", "optim.beta2", "train.ema_beta", "optim.min_lr_ratio"):
         v = _get(cfg, dotted)
@@ -252,6 +286,21 @@ def validate(cfg: Config) -> None:
         if (not widths and dotted != "model.e_hidden") or any(w <= 0 for w in widths):
             raise UserError(f"config: {dotted} must be a non-empty list of positive widths, got {widths}")
 
+    for dotted in _WIDTHS:
+        v = _get(cfg, dotted)
+        if v is not None and not 1 <= v <= MAX_WIDTH:
+            raise UserError(f"config: {dotted} must be between 1 and {MAX_WIDTH}, got {v}")
+    if not 0.0 <= cfg.model.lrelu_slope < 1.0:
+        raise UserError(f"config: model.lrelu_slope must be in [0, 1), got {cfg.model.lrelu_slope}")
+    image_defaults = ModelConfig()
+    if cfg.model.family == "mlp":
+        changed = [f"model.{k}" for k in ("g_arch", "g_fc_width", "d_head", "d_head_width", "d_norm", "e_arch",
+                                          "e_head_width", "lrelu_slope")
+                   if getattr(cfg.model, k) != getattr(image_defaults, k)]
+        if changed:
+            raise UserError(f"config: {', '.join(changed)} apply to image networks (model.family=dcgan), "
+                            "not to model.family=mlp")
+
     is_2d = cfg.data.dataset == "grid2d"
     if is_2d and cfg.model.family != "mlp":
         raise UserError("config: data.dataset=grid2d needs model.family=mlp")
@@ -260,6 +309,11 @@ def validate(cfg: Config) -> None:
             raise UserError(f"config: data.dataset={cfg.data.dataset} needs model.family=dcgan")
         if cfg.data.resolution not in (28, 32, 64):
             raise UserError(f"config: data.resolution must be 28, 32 or 64 for images, got {cfg.data.resolution}")
+        n_down = 2 if cfg.data.resolution == 28 else {32: 3, 64: 4}[cfg.data.resolution]
+        deepest = cfg.model.width * 2 ** (n_down - 1)
+        if deepest > MAX_WIDTH:
+            raise UserError(f"config: model.width={cfg.model.width} at {cfg.data.resolution} px gives {deepest} channels "
+                            f"in the deepest layer (limit {MAX_WIDTH}); lower model.width")
         if cfg.data.channels not in (1, 3):
             raise UserError(f"config: data.channels must be 1 or 3 for images, got {cfg.data.channels}")
         if cfg.data.source is None:

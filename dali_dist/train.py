@@ -41,8 +41,9 @@ from .errors import RankStoppedAnswering, TrainingDiverged, UserError
 from .mixture import GridStream, grid_means
 from .models import build_models, encode
 from .precision import make_adam
-from .schedule import lr_factor
+from .schedule import lr_factor, ramp_factor
 from .seeding import derive_seed, latent, reseed_step_generators
+from .threads import configure_threads
 from .tracking import NullTracker, git_info, start_tracking, system_metrics
 from .visualize import image_grid_png, scatter_png, to_uint8_images
 from .watchdog import RankWatchdog
@@ -263,10 +264,32 @@ def warn_if_world_size_changed(accelerator, cfg: Config, state: TrainState, worl
     )
 
 
+def learning_rate_plan(cfg: Config, has_encoder: bool) -> dict[str, list[tuple[float, bool]]]:
+    """(base rate, follows the schedule) per param group of each optimizer: D; G then E."""
+    o = cfg.optim
+    ge = [(o.lr_g, True)]
+    if has_encoder:
+        ge.append((o.lr_e if o.lr_e is not None else o.lr_g, o.schedule_e))
+    return {"d": [(o.lr_d, True)], "ge": ge}
+
+
+def set_learning_rates(step: int, cfg: Config, steps_per_epoch: int, optimizers: dict, plan: dict) -> dict[str, float]:
+    """Set every param group's rate for ``step`` (a pure function of the step: nothing to
+    save); returns the rates by network (lr_d, lr_g, lr_e) for the logs."""
+    names = {"d": ["lr_d"], "ge": ["lr_g", "lr_e"]}
+    out = {}
+    for key, opt in optimizers.items():
+        for group, (base, scheduled), name in zip(opt.param_groups, plan[key], names[key]):
+            group["lr"] = base * lr_factor(step, cfg.train.steps, cfg.optim, steps_per_epoch, scheduled)
+            out[name] = group["lr"]
+    return out
+
+
 def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     """Run training to ``cfg.train.steps``; returns the process exit code."""
     # -- setup -------------------------------------------------------------------------------
     accelerator = make_accelerator(cfg)
+    threads = configure_threads()
     rank, world = accelerator.process_index, accelerator.num_processes
     check_world_size(world)
     batch = per_rank_batch(cfg, world)
@@ -281,18 +304,21 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     G, D, E = build_models(cfg)
     if cfg.train.sync_bn:
         use_sync_batchnorm(accelerator, G, D, E)
-    ge_params = list(G.parameters()) + (list(E.parameters()) if E is not None else [])
     betas = (cfg.optim.beta1, cfg.optim.beta2)
+    lr_plan = learning_rate_plan(cfg, E is not None)
+    ge_groups = [{"params": list(G.parameters()), "lr": cfg.optim.lr_g}]
+    if E is not None:  # E's own group: its own rate, and maybe no decay (optim.lr_e, optim.schedule_e)
+        ge_groups.append({"params": list(E.parameters()), "lr": lr_plan["ge"][1][0]})
     if cfg.train.strategy == "ddp":
         # fused Adam on CUDA wants its parameters there when it is built (prepare would move them anyway)
         for net in (G, D, E):
             if net is not None:
                 net.to(accelerator.device)
         opt_d = make_adam(D.parameters(), cfg.optim.lr_d, betas, accelerator.device)
-        opt_ge = make_adam(ge_params, cfg.optim.lr_g, betas, accelerator.device)
+        opt_ge = make_adam(ge_groups, cfg.optim.lr_g, betas, accelerator.device)
     else:  # ZeRO wraps a plain torch Adam and skips by itself
         opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas)
-        opt_ge = torch.optim.Adam(ge_params, lr=cfg.optim.lr_g, betas=betas)
+        opt_ge = torch.optim.Adam(ge_groups, lr=cfg.optim.lr_g, betas=betas)
     ema_g = EMA(G, cfg.train.ema_beta) if cfg.train.ema_beta > 0 else None
     ema_e = EMA(E, cfg.train.ema_beta) if cfg.train.ema_beta > 0 and E is not None else None
 
@@ -345,12 +371,11 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
         x_recon = x_recon.to(device)
     tracker = start_run_tracking(cfg, run_dir, world, batch, data.info) if accelerator.is_main_process else NullTracker()
     stopper = StopRequest(run_dir)
-    base_lrs = (cfg.optim.lr_d, cfg.optim.lr_g)
     is_2d = cfg.data.dataset == "grid2d"
     accelerator.print(
         f"training {cfg.model.variant} on {cfg.data.dataset}: {world} process(es), device {device}, "
         f"global batch {cfg.train.batch_size} ({batch} per process), steps {state.step}->{cfg.train.steps}, "
-        f"precision {cfg.train.mixed_precision}\nlearning-rate rule: {LR_RULE}"
+        f"precision {cfg.train.mixed_precision}, {threads} CPU thread(s)\nlearning-rate rule: {LR_RULE}"
     )
     kimg = int(cfg.train.checkpoint_kimg * 1000)
 
@@ -429,10 +454,8 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
         while state.step < cfg.train.steps:
             watchdog.beat(state.step)
             # learning rates are a pure function of the step (nothing to save)
-            f = lr_factor(state.step, cfg.train.steps, cfg.optim, data.batches_per_epoch)
-            for opt, base in zip((opt_d, opt_ge), base_lrs):
-                for group in opt.param_groups:
-                    group["lr"] = base * f
+            lrs = set_learning_rates(state.step, cfg, data.batches_per_epoch, {"d": opt_d, "ge": opt_ge}, lr_plan)
+            step_fn.lambda_e = cfg.lambda_e * ramp_factor(state.step, cfg.model.lambda_e_ramp_steps)
 
             # one Algorithm 1 iteration: d_steps real batches and d_steps + 1 z draws
             n_real = cfg.train.d_steps if cfg.train.update_order == "alternating" else 1
@@ -468,7 +491,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
                 now = time.perf_counter()
                 means = (tick_sum / tick_n).tolist()  # the tick's one device-to-host copy
                 record = {"step": state.step, **dict(zip(stat_names, means)),
-                          "lr_g": base_lrs[1] * f, "lr_d": base_lrs[0] * f,
+                          **lrs, **({"lambda_e": step_fn.lambda_e} if E is not None else {}),
                           "skipped_d_total": updates[0].skipped, "skipped_ge_total": updates[1].skipped,
                           # data.on_corrupt=skip: samples this rank replaced (rank 0's count)
                           "corrupt_samples_skipped": getattr(data.stream, "corrupt_skipped", 0),
