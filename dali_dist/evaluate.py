@@ -15,6 +15,9 @@ Metrics (names encode the protocol, DESIGN.md section 2):
     is     ``inception_score``, ``inception_score_std`` over 10 splits: ImageNet Inception for
            RGB sets; for 1-channel sets the project's classifier, plus ``fid_classifier``
            (FID in that classifier's feature space)
+    kid    ``kid`` (Inception, RGB) or ``kid_classifier`` (1-channel sets): kernel inception
+           distance in the feature space of ``is``, clean-fid's estimator, against the train
+           split's features (cached beside the statistics)
     mse    ``mse``, ``mse_std``: reconstruction error of G(mu(x)) over the test split, [0, 1] scale
     modes  ``modes_captured``, ``high_quality_pct`` on generated samples of the 2D grid (Table 2)
     probe  ``probe_accuracy``: logistic regression on mu(x), fitted on train codes, test accuracy
@@ -216,6 +219,27 @@ class EvalJob:
         self._refs[name] = stats
         return stats
 
+    def reference_features(self, name: str, split: str = "train"):
+        """Feature rows of ``split`` under extractor ``name`` (main rank; None elsewhere), for
+        KID, which needs samples rather than moments; cached beside the statistics."""
+        from .metrics.features import dataset_features
+        from .metrics.fid import load_cached_features, save_cached_features, stats_dir
+
+        info = self.info
+        key = self.reference_key(name, split) + "-features"
+        path = stats_dir(info) / f"{key}.npz"
+        feats = load_cached_features(path, info.manifest_sha256) if self.ranks.is_main else None
+        if not self.ranks.broadcast(feats is not None):
+            feats, _ = dataset_features(self.source, split, {name: self.extractor(name)}, batch_size=self.batch_size,
+                                        ranks=self.ranks, progress=self.opts.progress, total=info.splits[split])[name]
+            if self.ranks.is_main:
+                try:
+                    save_cached_features(path, feats, {"key": key, "extractor": self.extractor(name).id,
+                                                       "manifest_sha256": info.manifest_sha256})
+                except OSError as exc:
+                    print(f"warning: cannot cache reference features at {path} ({exc.strerror or exc})", file=sys.stderr)
+        return feats
+
 
 KNN_K = 5  # neighbours for knn_accuracy
 
@@ -288,6 +312,19 @@ def _is(job: EvalJob) -> dict:
     return out
 
 
+def _kid(job: EvalJob) -> dict:
+    """KID in the feature space of ``is`` (the classifier on 1-channel sets, Inception on RGB),
+    against the train split, as FID; named kid_classifier for the classifier's space."""
+    from .metrics.fid import kernel_distance
+
+    name = job.is_extractor()
+    feats, _ = job.generated(name)
+    ref = job.reference_features(name)
+    if not job.ranks.is_main:
+        return {}
+    return {"kid_classifier" if name == "classifier" else "kid": kernel_distance(feats, ref, job.cfg.eval.seed)}
+
+
 def _check_mse(job: EvalJob) -> None:
     _need_images(job, "mse")
     if job.exp.E is None:
@@ -337,10 +374,10 @@ def _protocol(job: EvalJob, name: str) -> dict:
         return {**proto, "split": "test"}
     if name in ("probe", "knn"):
         return {**proto, "fit": "train", "score": "test", **({"k": KNN_K} if name == "knn" else {})}
-    ext = job.is_extractor() if name == "is" else "inception"
+    ext = job.is_extractor() if name in ("is", "kid") else "inception"
     proto.update({"num_samples": job.num_generated(), "seed": job.cfg.eval.seed, "mode": "clean",
                   "extractor": job.extractor(ext).id})
-    if name == "fid" or ext == "classifier":
+    if name in ("fid", "kid") or ext == "classifier":
         proto["reference"] = job.reference_key(ext)
     return proto
 
@@ -355,6 +392,7 @@ class Metric:
 METRICS: dict[str, Metric] = {
     "fid": Metric(_check_fid, _fid, lambda job: {"inception"}),
     "is": Metric(_check_is, _is, lambda job: {job.is_extractor()}),
+    "kid": Metric(_check_is, _kid, lambda job: {job.is_extractor()}),
     "mse": Metric(_check_mse, _mse),
     "modes": Metric(_check_modes, _modes),
     "probe": Metric(lambda job: _check_latent(job, "probe"), lambda job: _latent(job, "probe")),
@@ -487,7 +525,7 @@ def evaluate_and_record(ckpt: Path, names: list[str], opts: EvalOptions, ranks: 
             print(f"step {step}: {', '.join(again)} already in MLflow at this step; the new values are in "
                   f"{record_path(run_dir, step)} and metrics.json only (no duplicate points)", file=sys.stderr)
         if new:
-            run_id = _attach(run_dir, exp, new, {n: protocols[n] for n in names if n in ("fid", "is")})
+            run_id = _attach(run_dir, exp, new, {n: protocols[n] for n in names if n in ("fid", "is", "kid")})
             if run_id:
                 attached.update(new)
                 record["mlflow_run_id"] = result["mlflow_run_id"] = run_id

@@ -138,6 +138,48 @@ def test_is_uses_the_classifier_for_grey_and_inception_logits_for_rgb(kit, monke
     assert rgb["inception_score"] != m["inception_score"]
 
 
+def _mmd2_unbiased_cubic(x: np.ndarray, y: np.ndarray) -> float:
+    """The unbiased MMD^2 with k(a, b) = (a.b / dim + 1)^3, written out term by term."""
+    k = lambda a, b: (a @ b.T / x.shape[1] + 1) ** 3  # noqa: E731
+    m = len(x)
+    kxx, kyy, kxy = k(x, x), k(y, y), k(x, y)
+    off = lambda a: (a.sum() - np.trace(a)) / (m * (m - 1))  # noqa: E731
+    return float(off(kxx) + off(kyy) - 2 * kxy.mean())
+
+
+def test_kid_is_clean_fids_kernel_distance_and_repeatable():
+    """With as many rows as one subset holds, every clean-fid subset is a permutation of all
+    rows, so KID must equal the full unbiased MMD^2 computed independently."""
+    cleanfid_or_skip()
+    from dali_dist.metrics.fid import kernel_distance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(300, 8)), rng.normal(0.5, 1.0, size=(300, 8))
+    assert kernel_distance(a, b, seed=1) == pytest.approx(_mmd2_unbiased_cubic(a, b), rel=1e-9)
+    big_a, big_b = rng.normal(size=(1500, 8)), rng.normal(size=(1200, 8))
+    before = np.random.get_state()[1].copy()
+    v1, v2 = kernel_distance(big_a, big_b, seed=7), kernel_distance(big_a, big_b, seed=7)
+    assert v1 == v2 and abs(v1) < kernel_distance(big_a, big_b + 1.0, seed=7)
+    assert (np.random.get_state()[1] == before).all()  # the global generator is left as it was
+    with pytest.raises(UserError, match="one size"):
+        kernel_distance(a, b[:, :4], seed=0)
+
+
+def test_kid_metric_in_the_classifier_space(kit):
+    cleanfid_or_skip()
+    from dali_dist.classifier import default_classifier_path, train_classifier
+
+    path = default_classifier_path(kit["shards"])
+    if not path.is_file():
+        train_classifier(kit["shards"], path, epochs=1, batch_size=64, progress=False)
+    m = evaluate_checkpoint(kit["ckpt"], ["kid"], opts=_opts(kit, num_samples=100))
+    assert set(m) >= {"kid_classifier"} and m["kid_classifier"] > 0
+    cached = [p.name for p in (kit["shards"] / "fid_stats").iterdir() if p.name.endswith("-features.npz")]
+    assert cached and cached[0].startswith("mnist-train-28px-classifier-")
+    again = evaluate_checkpoint(kit["ckpt"], ["kid"], opts=_opts(kit, num_samples=100))
+    assert again["kid_classifier"] == m["kid_classifier"]
+
+
 def test_bad_inputs_are_one_line_user_errors(kit, tmp_path, monkeypatch):
     cleanfid_or_skip()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))

@@ -7,6 +7,7 @@ Example counts stay small for CI; `DALI_HYPOTHESIS=explore` runs many more, unse
 from __future__ import annotations
 
 import dataclasses
+import re
 import io
 import os
 import tempfile
@@ -122,3 +123,24 @@ def test_the_same_self_referencing_mapping_set_twice():
     # found by test_any_overrides_give_a_config_or_one_user_error (explore profile): _merge recursed
     with pytest.raises(UserError):
         load_config("grid2d", ["model.adversarial=&a {x: *a}", "model.adversarial=&a {x: *a}"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.d_head_width=0", "model.d_head_width must be a positive integer"),
+    ("model.g_fc_width=-3", "model.g_fc_width must be a positive integer"),
+    ("model.d_head_width=100000", "model.d_head_width must be between 1 and 16384"),
+    ("model.e_head_width=0", "model.e_head_width must be between 1 and 16384"),
+    ("model.width=10000", "channels in the deepest layer"),
+    ("model.lrelu_slope=1.5", "model.lrelu_slope must be in [0, 1)"),
+    ("model.d_head=resnet", "model.d_head must be one of conv, mlp"),
+    ("optim.lr_e=0", "optim.lr_e must be > 0"),
+    ("model.lambda_e_ramp_steps=-1", "model.lambda_e_ramp_steps must be >= 0"),
+])
+def test_bad_image_network_options_are_one_line_config_errors(override, message):
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_config("mnist", [override], data="x")
+
+
+def test_image_options_on_the_2d_networks_are_refused():
+    with pytest.raises(UserError, match="apply to image networks"):
+        load_config("grid2d", ["model.d_head=mlp"])

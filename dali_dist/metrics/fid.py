@@ -52,6 +52,26 @@ def frechet_distance(a: GaussianStats, b: GaussianStats) -> float:
     return float(np.real(fd(a.mu, a.sigma, b.mu, b.sigma)))
 
 
+def kernel_distance(generated: np.ndarray, reference: np.ndarray, seed: int) -> float:
+    """KID (Binkowski et al. 2018) with clean-fid's own estimator (cubic polynomial kernel, the
+    unbiased MMD^2 averaged over 100 subsets of up to 1,000 rows). clean-fid draws the subsets
+    from numpy's global generator; it is seeded here and restored after, so that a KID is
+    repeatable for the same features."""
+    from cleanfid.fid import kernel_distance as cleanfid_kid
+
+    g, r = np.asarray(generated, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    if g.ndim != 2 or r.ndim != 2 or g.shape[1] != r.shape[1]:
+        raise UserError(f"KID needs feature rows of one size, got {g.shape} and {r.shape}")
+    if min(len(g), len(r)) < 2:
+        raise UserError(f"KID needs at least 2 samples on each side, got {len(g)} and {len(r)}")
+    state = np.random.get_state()
+    np.random.seed(seed % 2**32)
+    try:
+        return cleanfid_kid(g, r)
+    finally:
+        np.random.set_state(state)
+
+
 # ------------------------------------------------------------------------------------------
 # The reference-statistics cache
 
@@ -82,6 +102,29 @@ def load_cached(path: Path, manifest_sha256: Optional[str]) -> Optional[Gaussian
         print(f"warning: {path}: computed from other shards (manifest differs); recomputing", file=sys.stderr)
         return None
     return stats
+
+
+def load_cached_features(path: Path, manifest_sha256: Optional[str]) -> Optional[np.ndarray]:
+    """Reference feature rows (for KID) cached beside the statistics, same rules."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            feats = np.asarray(z["features"], dtype=np.float32)
+    except Exception as exc:  # noqa: BLE001 - a damaged cache file is recomputed
+        print(f"warning: {path}: unreadable reference features ({type(exc).__name__}); recomputing", file=sys.stderr)
+        return None
+    if manifest_sha256 and meta.get("manifest_sha256") != manifest_sha256:
+        return None
+    return feats
+
+
+def save_cached_features(path: Path, features: np.ndarray, meta: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, features=np.asarray(features, dtype=np.float32), meta=np.array(json.dumps(meta)))
+    os.replace(tmp, path)
 
 
 def save_cached(path: Path, stats: GaussianStats, meta: dict) -> None:
