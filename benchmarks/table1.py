@@ -1,19 +1,26 @@
-"""Paper Table 1 side by side: every variant on one image set, one budget, then the
-evaluation job (reconstruction MSE, Inception score, FID) and the latent-space measures.
+"""Paper Table 1 side by side: every variant on one image set, one budget, several seeds, then
+the evaluation job (reconstruction MSE, Inception score, FID, KID) and the latent-space
+measures, a curve of fid_classifier against step, and the sample and reconstruction grids of
+every variant side by side.
 
-    python benchmarks/table1.py                                    # Fashion-MNIST (Debian package)
-    python benchmarks/table1.py --steps 3000 --variants dali ali gan
+    python benchmarks/table1.py                                   # Fashion-MNIST, 6,000 steps, seeds 0 1
+    python benchmarks/table1.py --steps 6000 --seeds 0 --set train.mixed_precision=bf16
+    python benchmarks/table1.py --report-only                     # tables and pictures from finished runs
     python benchmarks/table1.py --dataset cifar10 --data /shards/cifar10 --steps 100000   # on a GPU
 
 Fashion-MNIST: shards are made once from /usr/share/datasets/fashion-mnist (apt-get install
-dataset-fashion-mnist); the Inception score and `fid_classifier` use the project's own
-classifier (the paper's protocol for MNIST-like sets). CIFAR-10: ImageNet Inception (pass
---inception-weights or set DALI_DIST_INCEPTION_WEIGHTS) for `fid` and `is`.
+dataset-fashion-mnist); the Inception score, ``fid_classifier`` and ``kid_classifier`` use the
+project's classifier (the paper's protocol for MNIST-like sets: an MNIST classifier instead
+of ImageNet Inception). CIFAR-10: ImageNet Inception (pass --inception-weights or set
+DALI_DIST_INCEPTION_WEIGHTS) for ``fid``, ``kid`` and ``is``.
 
-Every variant trains through the same `dali-dist train` with only model.variant changed, and
-logs to the MLflow store at <run-root>/mlflow.db, so the MLflow UI shows the comparison. A
-raw-pixel row gives the probe / k-NN baseline. Prints a table with the paper's numbers and
-ratios between variants (Fashion-MNIST is not MNIST: compare ratios, not absolute values).
+Every variant trains through the same `dali-dist train` with only model.variant and the seed
+changed, keeps a checkpoint every --curve-every steps, and logs to the MLflow store at
+<run-root>/mlflow.db. A run whose final checkpoint exists is not trained again (so a killed
+benchmark resumes, and --report-only redraws). Reference rows: real test images scored like
+generated ones (the ceiling for IS, the floor for fid/kid) and raw pixels for the probe and
+k-NN. Writes benchmarks/results/table1.json (per-seed numbers and the command),
+table1_curve.png and table1_grids.png.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -30,6 +38,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+sys.path.insert(0, str(REPO))
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 
 PAPER = {  # Table 1: MNIST MSE, MNIST IS, CIFAR-10 MSE, CIFAR-10 IS, CIFAR-10 FID
@@ -38,11 +47,18 @@ PAPER = {  # Table 1: MNIST MSE, MNIST IS, CIFAR-10 MSE, CIFAR-10 IS, CIFAR-10 F
     "gan": (None, 9.464, None, 6.287, 37.1),
     "ali": (0.480, 8.749, 0.672, 5.930, 58.9),
 }
+COLUMNS = ["mse", "inception_score", "fid_classifier", "kid_classifier", "probe_accuracy", "knn_accuracy", "train_s"]
 
 
 def cli(*args: str, threads: int) -> None:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(threads)}
     subprocess.run([sys.executable, "-m", "dali_dist.cli", *args], check=True, env=env)
+
+
+def finished(run_dir: Path, steps: int) -> bool:
+    from dali_dist.checkpoint import complete_checkpoints
+
+    return any(step == steps for step, _ in complete_checkpoints(run_dir))
 
 
 def raw_pixel_baseline(data: str) -> dict:
@@ -59,17 +75,104 @@ def raw_pixel_baseline(data: str) -> dict:
     return {"probe_accuracy": linear_probe_accuracy(tr, ytr, te, yte), "knn_accuracy": knn_accuracy(tr, ytr, te, yte, k=5)}
 
 
+def real_test_reference(data: str, seed: int) -> dict:
+    """Real test images through the same protocol as generated ones: IS under the classifier,
+    fid_classifier and kid_classifier against the train split (what a perfect G would score,
+    up to the test/train difference)."""
+    from dali_dist.classifier import default_classifier_path
+    from dali_dist.data import describe
+    from dali_dist.metrics.extractors import ClassifierExtractor
+    from dali_dist.metrics.features import dataset_features
+    from dali_dist.metrics.fid import frechet_distance, gaussian_stats, kernel_distance
+    from dali_dist.metrics.inception import inception_score
+    from dali_dist.metrics.ranks import Ranks
+
+    ranks, info = Ranks("cpu"), describe(data)
+    ext = {"classifier": ClassifierExtractor(default_classifier_path(data), ranks.device)}
+    rows = {s: dataset_features(data, s, ext, batch_size=500, ranks=ranks, progress=False, total=info.splits[s])["classifier"]
+            for s in ("train", "test")}
+    (tr, _), (te, te_logits) = rows["train"], rows["test"]
+    return {"inception_score": inception_score(te_logits)[0],
+            "fid_classifier": frechet_distance(gaussian_stats(te), gaussian_stats(tr)),
+            "kid_classifier": kernel_distance(te, tr, seed)}
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4g}"
+    return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
+
+
+def draw_curve(curves: dict, out: Path, steps_per_epoch: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    colors = {"dali": "tab:blue", "dali-l2": "tab:cyan", "gan": "tab:orange", "ali": "tab:red"}
+    for (variant, seed), points in sorted(curves.items()):
+        xs, ys = zip(*sorted(points))
+        ax.plot(xs, ys, marker="o", color=colors.get(variant), alpha=0.9 if seed == 0 else 0.5,
+                linestyle="-" if seed == 0 else "--", label=f"{variant} (seed {seed})")
+    ax.set_xlabel(f"training step (batch 100; {steps_per_epoch} steps = 1 epoch)")
+    ax.set_ylabel("fid_classifier (lower is better)")
+    ax.set_yscale("log")
+    ax.set_title("Fashion-MNIST: FID in the classifier's feature space during training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def draw_grids(runs: dict, steps: int, out: Path) -> None:
+    """One row per variant: its fixed-z samples, then test images beside their reconstructions."""
+    from PIL import Image, ImageDraw
+
+    tiles = []
+    for variant, run_dir in runs.items():
+        images = run_dir / "images"
+        samples = images / f"samples-{steps:07d}.png"
+        recon = images / f"recon-{steps:07d}.png"
+        parts = [Image.open(p).convert("RGB") for p in (samples, recon) if p.is_file()]
+        if parts:
+            tiles.append((variant, parts))
+    if not tiles:
+        return
+    scale, label_h, gap = 2, 24, 12
+    width = max(sum(p.width * scale for p in parts) + gap * (len(parts) - 1) for _, parts in tiles)
+    heights = [label_h + max(p.height for p in parts) * scale for _, parts in tiles]
+    canvas = Image.new("RGB", (width, sum(heights) + gap * len(tiles)), "white")
+    draw = ImageDraw.Draw(canvas)
+    y = 0
+    for (variant, parts), h in zip(tiles, heights):
+        what = "samples (left)" + (", test images and reconstructions in column pairs (right)" if len(parts) > 1 else "")
+        draw.text((4, y + 4), f"{variant}, step {steps}: {what}", fill="black")
+        x = 0
+        for p in parts:
+            canvas.paste(p.resize((p.width * scale, p.height * scale), Image.NEAREST), (x, y + label_h))
+            x += p.width * scale + gap
+        y += h + gap
+    canvas.save(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", choices=["fashion-mnist", "cifar10"], default="fashion-mnist")
     ap.add_argument("--data", help="shard directory (default for fashion-mnist: made from the Debian package)")
     ap.add_argument("--variants", nargs="+", default=["dali", "dali-l2", "gan", "ali"])
-    ap.add_argument("--steps", type=int, default=3000, help="the same training budget for every variant")
-    ap.add_argument("--num-samples", type=int, default=10000, help="generated samples for is / fid")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--steps", type=int, default=6000, help="the same training budget for every variant")
+    ap.add_argument("--curve-every", type=int, default=1000, help="steps between kept checkpoints (the curve)")
+    ap.add_argument("--num-samples", type=int, default=10000, help="generated samples for is / fid / kid")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override for every variant")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--inception-weights", help="clean-fid's inception-2015-12-05.pt (cifar10)")
     ap.add_argument("--run-root", type=Path, default=REPO / "runs" / "bench-table1")
+    ap.add_argument("--report-only", action="store_true", help="evaluate and report finished runs; train nothing")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "table1.json")
     args = ap.parse_args()
 
@@ -82,43 +185,78 @@ def main() -> None:
             if not FASHION.is_dir():
                 ap.error(f"{FASHION} not found: apt-get install dataset-fashion-mnist, or pass --data")
             cli("prep", "mnist", "--source", str(FASHION), "--out", data, "--encoding", "raw", threads=args.threads)
-    config = "mnist" if args.dataset == "fashion-mnist" else "cifar10"
-    gen_metrics = "is" if args.dataset == "fashion-mnist" else "fid,is"
+    grey = args.dataset == "fashion-mnist"
+    config = "mnist" if grey else "cifar10"
     extra = ["--inception-weights", args.inception_weights] if args.inception_weights else []
+    fid_key = "fid_classifier" if grey else "fid"
 
-    results: dict = {}
-    for variant in args.variants:
-        run_dir = args.run_root / variant
-        sets = [f"model.variant={variant}", f"train.steps={args.steps}", f"name={variant}", *args.overrides]
-        t0 = time.perf_counter()
-        resume = ["--resume", "auto"] if (run_dir / "checkpoints").is_dir() else []
-        cli("train", "--config", config, "--data", data, "--run-dir", str(run_dir),
-            *[a for s in sets for a in ("--set", s)], *resume, threads=args.threads)
-        train_s = time.perf_counter() - t0
-        metrics = gen_metrics + (",mse,probe,knn" if variant != "gan" else "")
-        out = run_dir / "metrics.json"
-        cli("evaluate", "--run-dir", str(run_dir), "--metrics", metrics, "--num-samples", str(args.num_samples),
-            "--out", str(out), *extra, threads=args.threads)
-        results[variant] = {**json.loads(out.read_text()), "train_s": train_s}
-        print(f"{variant}: {json.dumps({k: v for k, v in results[variant].items() if isinstance(v, float)})}", flush=True)
-    results["raw pixels"] = raw_pixel_baseline(data)
+    per_seed: dict = {}
+    curves: dict = {}
+    for seed in args.seeds:
+        for variant in args.variants:
+            run_dir = args.run_root / f"seed-{seed}" / variant
+            if not finished(run_dir, args.steps):
+                if args.report_only:
+                    print(f"{variant} seed {seed}: not finished, left out", flush=True)
+                    continue
+                sets = [f"model.variant={variant}", f"train.seed={seed}", f"train.steps={args.steps}",
+                        f"name={variant}", f"train.checkpoint_every={args.curve_every}",
+                        f"train.keep_every={args.curve_every}", *args.overrides]
+                resume = ["--resume", "auto"] if (run_dir / "checkpoints").is_dir() else []
+                cli("train", "--config", config, "--data", data, "--run-dir", str(run_dir),
+                    *[a for s in sets for a in ("--set", s)], *resume, threads=args.threads)
+            metrics = "is,kid" if grey else "fid,is,kid"
+            metrics += ",mse,probe,knn" if variant != "gan" else ""
+            out = run_dir / "metrics.json"
+            cli("evaluate", "--run-dir", str(run_dir), "--metrics", metrics, "--num-samples", str(args.num_samples),
+                "--out", str(out), "--no-progress", *extra, threads=args.threads)
+            result = json.loads(out.read_text())
+            last = json.loads((run_dir / "stats.jsonl").read_text().splitlines()[-1])
+            result["train_s"] = last["elapsed_s"]
+            # the curve: every kept checkpoint, same protocol (recorded values are reused)
+            curve_out = run_dir / "curve.json"
+            cli("evaluate", "--run-dir", str(run_dir), "--all-checkpoints", "--metrics", "is" if grey else "fid",
+                "--num-samples", str(args.num_samples), "--out", str(curve_out), "--no-progress", *extra,
+                threads=args.threads)
+            history = json.loads(curve_out.read_text()).get("history", [])
+            curves[(variant, seed)] = [(h["step"], h[fid_key]) for h in history if fid_key in h]
+            result["curve"] = {str(s): v for s, v in curves[(variant, seed)]}
+            per_seed.setdefault(variant, {})[str(seed)] = result
+            print(f"{variant} seed {seed}: " + json.dumps({k: round(v, 5) for k, v in result.items()
+                                                           if k in COLUMNS or k == "fid"}), flush=True)
 
-    cols = ["mse", "mse_std", "inception_score", "fid_classifier" if args.dataset == "fashion-mnist" else "fid",
-            "probe_accuracy", "knn_accuracy", "train_s"]
-    print("\n| variant | " + " | ".join(cols) + " | paper MSE | paper IS |")
-    print("|---" * (len(cols) + 3) + "|")
-    for v, r in results.items():
+    reference = {"real test images": real_test_reference(data, seed=12345) if grey else {},
+                 "raw pixels": raw_pixel_baseline(data)}
+
+    cols = COLUMNS if grey else ["mse", "inception_score", "fid", "kid", "probe_accuracy", "knn_accuracy", "train_s"]
+    print(f"\n{args.dataset}, {args.steps} steps, seeds {args.seeds} (mean ± std over seeds)\n")
+    print("| variant | seeds | " + " | ".join(cols) + " | paper MSE | paper IS |")
+    print("|---" * (len(cols) + 4) + "|")
+    for v, seeds in per_seed.items():
         p = PAPER.get(v, (None,) * 5)
-        pm, pi = (p[0], p[1]) if args.dataset == "fashion-mnist" else (p[2], p[3])
-        cells = [f"{r[c]:.4g}" if isinstance(r.get(c), (int, float)) else "-" for c in cols]
-        print(f"| {v} | " + " | ".join(cells) + f" | {pm if pm is not None else '-'} | {pi if pi is not None else '-'} |")
-    if "dali" in results and "ali" in results and "mse" in results["ali"]:
-        ours = results["dali"]["mse"] / results["ali"]["mse"] - 1
-        paper = (0.026 / 0.480 if args.dataset == "fashion-mnist" else 0.019 / 0.672) - 1
-        print(f"\nDALI vs ALI reconstruction MSE: {100 * ours:+.0f} % here, {100 * paper:+.0f} % in the paper")
+        pm, pi = (p[0], p[1]) if grey else (p[2], p[3])
+        cells = [mean_std([r[c] for r in seeds.values() if isinstance(r.get(c), (int, float))]) for c in cols]
+        print(f"| {v} | {len(seeds)} | " + " | ".join(cells) + f" | {pm if pm is not None else '-'} | {pi if pi is not None else '-'} |")
+    for name, r in reference.items():
+        print(f"| {name} | - | " + " | ".join(f"{r[c]:.4g}" if c in r else "-" for c in cols) + " | - | - |")
+
+    def mean_of(v, c):
+        vals = [r[c] for r in per_seed.get(v, {}).values() if c in r]
+        return statistics.mean(vals) if vals else None
+
+    if mean_of("dali", "mse") and mean_of("ali", "mse"):
+        print(f"\nDALI / ALI reconstruction MSE: {mean_of('dali', 'mse') / mean_of('ali', 'mse'):.3f} here, "
+              f"{(0.026 / 0.480 if grey else 0.019 / 0.672):.3f} in the paper")
+
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"command": " ".join(sys.argv), "dataset": args.dataset, "data": data,
-                                    "steps": args.steps, "overrides": args.overrides, "results": results}, indent=2))
+    if curves:
+        draw_curve(curves, args.out.with_name("table1_curve.png"), steps_per_epoch=600 if grey else 500)
+    draw_grids({v: args.run_root / f"seed-{args.seeds[0]}" / v for v in per_seed}, args.steps,
+               args.out.with_name("table1_grids.png"))
+    args.out.write_text(json.dumps({
+        "command": " ".join(["python", "benchmarks/table1.py", *sys.argv[1:]]), "dataset": args.dataset,
+        "steps": args.steps, "seeds": args.seeds, "overrides": args.overrides, "per_seed": per_seed,
+        "reference": reference, "measured": time.strftime("%Y-%m-%d")}, indent=2))
     print(f"wrote {args.out}")
 
 

@@ -497,6 +497,22 @@ def load_config(name_or_path: str, overrides: list[str] = (), data: Optional[str
     return _build(Config, raw)
 
 
+def runs_a_command(source: Optional[str]) -> bool:
+    """Whether opening ``source`` would run a program (webdataset's ``pipe:`` URLs, anywhere in
+    a ``::``-joined list or a brace pattern)."""
+    return source is not None and "pipe:" in str(source).lower()
+
+
+def saved_source(source: Optional[str], where: str) -> Optional[str]:
+    """A data source read from a saved config (a checkpoint's export, RUN_DIR/config.yaml):
+    data, never code. A command-running source there is refused; only a person may type one
+    (--data, --set, or a --config file they pass)."""
+    if runs_a_command(source):
+        raise UserError(f"{where}: the saved data.source runs a command (pipe:), and a source read from a "
+                        "checkpoint or run directory is never executed; pass --data with the shards to read")
+    return source
+
+
 def config_from_dict(raw: dict) -> Config:
     """Rebuild a Config saved with a run (checkpoint export, config.yaml)."""
     return _build(Config, raw)

@@ -97,7 +97,9 @@ class EvalJob:
     # -- data ----------------------------------------------------------------------------
     @property
     def source(self) -> str:
-        src = self.opts.data or self.cfg.data.source
+        from .config import saved_source
+
+        src = self.opts.data or saved_source(self.cfg.data.source, str(self.exp.path))
         if src is None:
             raise UserError(f"{self.exp.path}: no data source; pass --data DIR (the shards the model was trained on)")
         return str(src)

@@ -29,7 +29,9 @@ DEVICE = typer.Option("cuda" if torch.cuda.is_available() else "cpu", "--device"
 
 
 def _source(model: DaliModel, data: Optional[str]) -> str:
-    source = data or model.exp.cfg.data.source
+    from .config import saved_source
+
+    source = data or saved_source(model.exp.cfg.data.source, str(model.exp.path))
     if source is None:
         raise UserError("--data is required: this model was trained on samples drawn on the fly")
     return source

@@ -28,6 +28,7 @@ import hashlib
 import io
 import os
 import random
+import re
 import sys
 import tarfile
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -218,6 +219,76 @@ def _owned_files(out: Path, splits) -> list[Path]:
     return files
 
 
+SHARD_NAME = re.compile(r"^shard-\d{6}\.tar$")
+SHARD_TMP = re.compile(r"^\.shard-\d{6}\.tar\.tmp\.\d+$")
+JSON_TMP = re.compile(r"^\.(manifest\.json|\.prep-state\.json)\.tmp\.\d+$")
+# Folders other dali-dist commands keep beside the shards (evaluation caches, the classifier).
+COMPANIONS = {"fid_stats", "classifier"}
+
+
+def _ours_json(path: Path) -> Optional[dict]:
+    """The manifest or state file, if it is one prep wrote (a JSON object with a fingerprint)."""
+    obj = _load_json(path)
+    return obj if obj is not None and isinstance(obj.get("fingerprint"), str) else None
+
+
+def foreign_entries(out: Path, splits) -> list[Path]:
+    """What in ``out`` prep did not write, judged by its own manifest and file names: shards
+    count as prep's when its manifest or state file is there and the name is its own pattern
+    (or the manifest lists it); everything else (a user's files, a manifest that is not prep's)
+    is foreign. prep never deletes or overwrites a foreign entry, and refuses to start beside
+    one unless --force."""
+    if not out.is_dir():
+        return []
+    manifest, state = _ours_json(out / MANIFEST_NAME), _ours_json(out / STATE_NAME)
+    ours_present = manifest is not None or state is not None
+    listed = set()
+    for prev in (manifest, state):
+        if prev and isinstance(prev.get("splits"), dict):
+            for sp in prev["splits"].values():
+                listed |= {sh.get("name") for sh in (sp.get("shards") or []) if isinstance(sh, dict)}
+        if prev and isinstance(prev.get("shards"), dict):
+            listed |= set(prev["shards"])
+    split_dirs = set(splits) | {n.split("/")[0] for n in listed if isinstance(n, str) and "/" in n}
+    foreign = []
+    for entry in sorted(out.iterdir()):
+        name = entry.name
+        if name == MANIFEST_NAME and manifest is not None or name == STATE_NAME and state is not None:
+            continue
+        if JSON_TMP.match(name) and entry.is_file():
+            continue
+        if name in COMPANIONS and entry.is_dir() and not entry.is_symlink():
+            continue
+        if name in split_dirs and entry.is_dir() and not entry.is_symlink():
+            for f in sorted(entry.iterdir()):
+                rel = f"{name}/{f.name}"
+                own_name = SHARD_NAME.match(f.name) or SHARD_TMP.match(f.name)
+                if f.is_file() and not f.is_symlink() and (rel in listed or (ours_present and own_name)
+                                                           or SHARD_TMP.match(f.name)):
+                    continue
+                foreign.append(f)
+            continue
+        foreign.append(entry)
+    return foreign
+
+
+def _check_ownership(out: Path, plan: dict, force: bool) -> None:
+    foreign = foreign_entries(out, plan)
+    if not foreign:
+        return
+    shown = ", ".join(str(p.relative_to(out)) for p in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+    if not force:
+        raise UserError(f"{out}: holds files prep did not write ({shown}); choose an empty or new --out, "
+                        "or pass --force to write beside them")
+    planned = {n for shards in plan.values() for n, _ in shards} | {MANIFEST_NAME}
+    replaced = [p for p in foreign if str(p.relative_to(out)) in planned]
+    kept = len(foreign) - len(replaced)
+    what = (f"replacing {', '.join(str(p.relative_to(out)) for p in replaced)}" if replaced
+            else "replacing none of them")
+    print(f"prep: --force: {out} holds files prep did not write; {what}; {kept} other file(s) left as they are",
+          file=sys.stderr)
+
+
 def build(source: Source, out, *, shard_size: int, workers: int = 1, encoding: str = "png",
           force: bool = False, max_corrupt: int = 100, progress: bool = True) -> dict:
     """Write the shards and manifest for ``source`` into ``out``; return the manifest."""
@@ -240,17 +311,24 @@ def build(source: Source, out, *, shard_size: int, workers: int = 1, encoding: s
     fingerprint = sha256_json({"format_version": FORMAT_VERSION, "tool_version": __version__, "dataset": source.dataset,
                                "source_sha256": src_info["sha256"], "options": options})
     plan = plan_shards(source, shard_size)
+    _check_ownership(out, plan, force)
+    planned = {n for shards in plan.values() for n, _ in shards}
+    # a foreign file is deleted only where a shard of this plan replaces it anyway (--force)
+    keep = {p for p in foreign_entries(out, plan) if str(p.relative_to(out)) not in planned}
     out.mkdir(parents=True, exist_ok=True)
 
     # What is already there.
-    old_manifest = _load_json(out / MANIFEST_NAME)
+    old_manifest = _ours_json(out / MANIFEST_NAME)
     if old_manifest is not None and old_manifest.get("fingerprint") != fingerprint and not force:
         raise UserError(f"{out}: holds shards prepared from another source or other options "
                         f"(dataset {old_manifest.get('dataset')!r}); pass --force to rebuild")
     if force:
         for p in _owned_files(out, plan):
-            p.unlink()
+            if p not in keep:
+                p.unlink()
     for p in _owned_files(out, plan):  # leftovers of crashed runs
+        if p in keep:
+            continue
         if p.name.startswith(".") and ".tmp." in p.name:
             p.unlink()
     done: dict[str, dict] = {}
@@ -273,10 +351,9 @@ def build(source: Source, out, *, shard_size: int, workers: int = 1, encoding: s
             else:
                 jobs.append((split, name, items, str(p), encoding))
     # Shards from an earlier, larger plan are stale.
-    planned = {n for shards in plan.values() for n, _ in shards}
     for p in _owned_files(out, plan):
         rel = f"{p.parent.name}/{p.name}"
-        if p.name.startswith("shard-") and rel not in planned:
+        if p.name.startswith("shard-") and rel not in planned and p not in keep:
             p.unlink()
     if (out / MANIFEST_NAME).exists() and jobs:
         (out / MANIFEST_NAME).unlink()  # the manifest is written last, only when all shards are there

@@ -236,3 +236,34 @@ def test_export_config_is_yaml_safe_loaded(grid_copy, tmp_path, capsys):
     msg = cli(capsys, "sample", "--checkpoint", grid_copy / "checkpoints/step-4", "--num", "3", "--out", tmp_path / "s.npy")
     assert "unreadable export" in msg and not marker.exists()
 
+
+
+# ------------------------------------------------------------------------------------------ saved sources
+
+
+@pytest.mark.parametrize("source", ["pipe:touch {marker}", "/data/a.tar::pipe:touch {marker}",
+                                    "PIPE:touch {marker}", "shard-{{000..001}}.tar::pipe:touch {marker}"])
+def test_a_saved_command_source_is_never_executed(mnist_ckpt, tmp_path, capsys, source):
+    """A shared checkpoint whose export/config.yaml names a pipe: source must not run it: every
+    command that would read the training data refuses in one line and asks for --data."""
+    import yaml
+
+    export = tmp_path / "ckpt"
+    shutil.copytree(mnist_ckpt, export)
+    marker = tmp_path / "ran"
+    cfg_path = export / "export" / "config.yaml"
+    raw = yaml.safe_load(cfg_path.read_text())
+    raw["data"]["source"] = source.format(marker=marker)
+    cfg_path.write_text(yaml.safe_dump(raw))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    msgs = [
+        cli(capsys, "encode", "--checkpoint", export, "--out", tmp_path / "z.npz"),
+        cli(capsys, "reconstruct", "--checkpoint", export, "--out", tmp_path / "recon"),
+        cli(capsys, "interpolate", "--checkpoint", export, "--out", tmp_path / "interp"),
+        cli(capsys, "evaluate", "--checkpoint", export, "--metrics", "mse", "--no-track", "--no-progress"),
+    ]
+    for msg in msgs:
+        assert "never executed" in msg and "--data" in msg, msg
+        assert "touch" not in msg  # the command itself is not echoed (it may hold secrets)
+    assert not marker.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

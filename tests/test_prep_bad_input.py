@@ -272,3 +272,62 @@ def test_mnist_gzip_bomb_and_absurd_header_are_refused_without_reading_it_all(tm
         assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, r.stderr
     # the child never held the inflated gigabyte (ru_maxrss is in KiB on Linux)
     assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < max(before, 1) + (900 << 10)
+
+
+# ------------------------------------------------------------------------------------------ ownership of --out
+
+
+def _snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None) for p in sorted(root.rglob("*"))}
+
+
+def _user_files(out: Path) -> None:
+    (out / "train").mkdir(parents=True)
+    (out / "train" / "mine.tar").write_bytes(b"user data")
+    (out / "train" / "shard-000000.tar").write_bytes(b"a user's file at prep's name")
+    (out / ".notes.tmp.1").write_text("keep me")
+    (out / "manifest.json").write_text("[1, 2, 3]")  # JSON, but not prep's manifest
+
+
+def test_prep_refuses_a_folder_holding_files_it_did_not_write(tmp_path, capsys):
+    src = tmp_path / "dl"
+    A.make_mnist(src, n_train=30, n_test=10, gz=False)
+    out = tmp_path / "out"
+    _user_files(out)
+    before = _snapshot(tmp_path)
+    msg = prep(capsys, "mnist", "--source", src, "--out", out)
+    assert str(out) in msg and "did not write" in msg and "--force" in msg
+    assert _snapshot(tmp_path) == before
+
+
+def test_prep_force_replaces_only_its_own_names_and_says_which(tmp_path, capsys):
+    src = tmp_path / "dl"
+    A.make_mnist(src, n_train=30, n_test=10, gz=False)
+    out = tmp_path / "out"
+    _user_files(out)
+    with pytest.raises(SystemExit) as e:
+        exits_cleanly(prep_app)(["mnist", "--source", str(src), "--out", str(out), "--force", "--quiet"])
+    assert e.value.code in (0, None)
+    err = capsys.readouterr().err
+    assert "replacing" in err and "train/shard-000000.tar" in err and "manifest.json" in err
+    assert (out / "train" / "mine.tar").read_bytes() == b"user data"
+    assert (out / ".notes.tmp.1").read_text() == "keep me"
+    assert (out / "train" / "shard-000000.tar").read_bytes() != b"a user's file at prep's name"
+    import json
+
+    assert json.loads((out / "manifest.json").read_text())["dataset"] == "mnist"
+
+
+def test_prep_reruns_beside_its_own_output_and_the_evaluation_caches(tmp_path, capsys):
+    src = tmp_path / "dl"
+    A.make_mnist(src, n_train=30, n_test=10, gz=False)
+    out = tmp_path / "out"
+    args = ["mnist", "--source", str(src), "--out", str(out), "--quiet"]
+    for _ in range(2):
+        with pytest.raises(SystemExit) as e:
+            exits_cleanly(prep_app)(args)
+        assert e.value.code in (0, None)
+        (out / "fid_stats").mkdir(exist_ok=True)
+        (out / "fid_stats" / "x.npz").write_bytes(b"cache")
+        (out / "classifier").mkdir(exist_ok=True)
+    assert (out / "fid_stats" / "x.npz").read_bytes() == b"cache"
