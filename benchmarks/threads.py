@@ -9,7 +9,8 @@ over its log ticks after the first, so start-up is left out). Scenarios:
 
 - ``torch default``: what a plain PyTorch process does (one thread per core of the machine,
   OpenMP's default wait policy). ``DALI_DIST_THREADS=torch`` keeps the trainer from choosing.
-- ``dali-dist``: the trainer's own choice (``dali_dist/threads.py``).
+- ``dali-dist``: the trainer's own choice: threads from its usable cores
+  (``dali_dist/threads.py``) and passive OpenMP waiting (``dali_dist/__init__.py``).
 - ``OMP_NUM_THREADS=1``: the user's explicit setting, which the trainer respects.
 
 Prints a table and writes JSON (``benchmarks/results/threads.json``).
@@ -36,13 +37,12 @@ SCENARIOS = {
     "torch default": {"DALI_DIST_THREADS": "torch"},
     "dali-dist": {},
     "OMP_NUM_THREADS=1": {"OMP_NUM_THREADS": "1"},
-    "passive": {"OMP_WAIT_POLICY": "PASSIVE", "DALI_DIST_THREADS": "torch"},
-    "spin10k": {"GOMP_SPINCOUNT": "10000", "DALI_DIST_THREADS": "torch"},
 }
 
 
 def start(run_dir: Path, args, env_extra: dict) -> subprocess.Popen:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "DALI_DIST_THREADS")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "DALI_DIST_THREADS")}
     env.update({"PYTHONPATH": str(REPO), **env_extra})
     cmd = [sys.executable, "-m", "dali_dist.cli", "train", "--config", args.config, "--run-dir", str(run_dir),
            "--set", f"train.steps={args.steps}", "--set", f"train.log_every={args.log_every}",

@@ -16,6 +16,7 @@ the blocks, the trainer/plain ratio, and images/s. Writes JSON.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import statistics
@@ -51,6 +52,9 @@ def nets_and_opts(cfg, device):
     G, D, E = build_models(cfg)
     betas = (cfg.optim.beta1, cfg.optim.beta2)
     G, D, E = G.to(device), D.to(device), E.to(device)
+    if cfg.train.compile:  # as the trainer does (train.compile)
+        for net in (G, D, E):
+            net.compile()
     opt_d = make_adam(D.parameters(), cfg.optim.lr_d, betas, device)  # the trainer's Adam (fused on CUDA)
     opt_ge = make_adam([*G.parameters(), *E.parameters()], cfg.optim.lr_g, betas, device)
     return G, D, E, opt_d, opt_ge
@@ -88,12 +92,14 @@ def plain_step_fn(cfg, device):
     return step
 
 
-def trainer_step_fn(cfg, device):
+def trainer_step_fn(cfg, device, compile_nets: bool = False):
     """The per-step body of dali_dist.train.train, on synthetic data."""
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
     accelerator = make_accelerator(cfg)
+    if compile_nets:
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=True))
     G, D, E, opt_d, opt_ge = nets_and_opts(cfg, device)
     G, D, E, opt_d, opt_ge = accelerator.prepare(G, D, E, opt_d, opt_ge)
     updates = phase_updates(accelerator, cfg, opt_d, opt_ge)
@@ -161,6 +167,7 @@ def main() -> None:
     ap.add_argument("--blocks", type=int, default=5, help="alternating blocks per side")
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--zero2", action="store_true", help="also time the DeepSpeed ZeRO-2 trainer step (fp32/bf16)")
+    ap.add_argument("--compile", action="store_true", help="also time the trainer step with train.compile=true")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "train_step.json")
     args = ap.parse_args()
 
@@ -179,6 +186,8 @@ def main() -> None:
         sides = {"plain": plain_step_fn(cfg, device), "trainer": trainer_step_fn(cfg, device)}
         if args.zero2 and precision != "fp16":
             sides["zero2"] = zero_step_fn(cfg, device)
+        if args.compile:
+            sides["compiled"] = trainer_step_fn(cfg, device, compile_nets=True)
         times = {k: [] for k in sides}
         for name, step in sides.items():
             timed(step, x, args.warmup, device)
@@ -191,21 +200,27 @@ def main() -> None:
                "plain_img_s": batch / med["plain"], "trainer_img_s": batch / med["trainer"],
                "trainer_skipped_steps": {u.name: u.skipped for u in sides["trainer"].updates},
                **({"zero2_ms": 1e3 * med["zero2"], "zero2_img_s": batch / med["zero2"]} if "zero2" in med else {}),
+               **({"compiled_ms": 1e3 * med["compiled"], "compiled_img_s": batch / med["compiled"]} if "compiled" in med else {}),
                "trainer_steps": args.warmup + args.blocks * args.steps,
                "blocks_ms": {k: [1e3 * t for t in v] for k, v in times.items()}}
         rows.append(row)
         print(f"{precision:>4}: plain {row['plain_ms']:.2f} ms  trainer {row['trainer_ms']:.2f} ms  "
               f"overhead {row['overhead_pct']:+.1f} %  ({row['trainer_img_s']:.0f} img/s)"
-              + (f"  zero2 {row['zero2_ms']:.2f} ms ({row['zero2_img_s']:.0f} img/s)" if "zero2_ms" in row else ""), flush=True)
+              + (f"  zero2 {row['zero2_ms']:.2f} ms ({row['zero2_img_s']:.0f} img/s)" if "zero2_ms" in row else "")
+              + (f"  compiled {row['compiled_ms']:.2f} ms ({row['compiled_img_s']:.0f} img/s)" if "compiled_ms" in row else ""),
+              flush=True)
     base = next((r for r in rows if r["precision"] == "no"), None)
     dev_name = torch.cuda.get_device_name() if device.type == "cuda" else f"{platform.processor() or 'cpu'} x{torch.get_num_threads()} threads"
     print(f"\n{args.config}, {dev_name}, torch {torch.__version__}, {args.blocks} blocks x {args.steps} steps, medians")
-    print("| precision | batch | plain ms/step | trainer ms/step | trainer overhead | trainer img/s | speed vs fp32 | ZeRO-2 img/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| precision | batch | plain ms/step | trainer ms/step | trainer overhead | trainer img/s | speed vs fp32 | "
+          "compiled ms/step | compiled speed vs fp32 | ZeRO-2 img/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         speed = f"{base['trainer_ms'] / r['trainer_ms']:.2f}x" if base else "-"
+        comp = (f"{r['compiled_ms']:.2f} | {base['trainer_ms'] / r['compiled_ms']:.2f}x" if "compiled_ms" in r and base
+                else "- | -")
         print(f"| {r['precision']} | {r['batch']} | {r['plain_ms']:.2f} | {r['trainer_ms']:.2f} | {r['overhead_pct']:+.1f} % | "
-              f"{r['trainer_img_s']:.0f} | {speed} | {format(r['zero2_img_s'], '.0f') if 'zero2_img_s' in r else '-'} |")
+              f"{r['trainer_img_s']:.0f} | {speed} | {comp} | {format(r['zero2_img_s'], '.0f') if 'zero2_img_s' in r else '-'} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": " ".join(sys.argv), "config": args.config, "device": dev_name,
                                     "torch": torch.__version__, "rows": rows}, indent=2))

@@ -11,6 +11,6 @@ __version__ = "0.1.0"
 # "Threads"). Passive waiting costs about 10 % on a machine the run has to itself. The
 # policy is read once, when torch loads its OpenMP runtime, so it is set here, before any
 # dali-dist module imports torch; an explicit OMP_WAIT_POLICY (ACTIVE for dedicated nodes)
-# always wins.
-if "torch" not in sys.modules:
+# always wins, and DALI_DIST_THREADS=torch keeps torch's own defaults (benchmarks/threads.py).
+if "torch" not in sys.modules and os.environ.get("DALI_DIST_THREADS") != "torch":
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -122,7 +122,7 @@ RESUME_MAY_CHANGE = {
     "name", "data.source", "train.steps", "train.log_every", "train.sample_every",
     "train.checkpoint_every", "train.checkpoint_kimg", "train.keep_checkpoints", "train.keep_every",
     "train.keep_unevaluated", "train.export_bn_batches", "train.max_nonfinite", "train.dist_timeout_s",
-    "data.on_corrupt",
+    "data.on_corrupt", "train.compile",
     "tracking.enabled", "tracking.uri", "tracking.experiment",
 }
 
@@ -304,6 +304,10 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     G, D, E = build_models(cfg)
     if cfg.train.sync_bn:
         use_sync_batchnorm(accelerator, G, D, E)
+    if cfg.train.compile:  # in place: state-dict keys, DDP wrapping and export stay as they are
+        for net in (G, D, E):
+            if net is not None:
+                net.compile()
     betas = (cfg.optim.beta1, cfg.optim.beta2)
     lr_plan = learning_rate_plan(cfg, E is not None)
     ge_groups = [{"params": list(G.parameters()), "lr": cfg.optim.lr_g}]

@@ -204,3 +204,37 @@ def test_batchnorm_discriminator_is_never_fused():
     G, D, E = build_models(cfg)
     nets = Networks(G, D, E, torch.optim.SGD(D.parameters(), lr=LR), torch.optim.SGD(G.parameters(), lr=LR))
     assert not DaliStep(nets, variant="dali", lambda_e=0.25, update_order="alternating").fuse_d
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_compiled_networks_train_like_eager_ones():
+    """train.compile: the same two Algorithm 1 iterations with compiled G, D and E give the
+    eager losses and weights to rounding (inductor reorders float sums, so not bit for bit)."""
+    from dali_dist.config import load_config
+
+    cfg = load_config("mnist", ["model.width=4", "model.latent_dim=4", "model.g_fc_width=16",
+                                "model.d_head_width=16", "model.e_head_width=8"], data="x")
+
+    def run(compiled: bool):
+        torch.manual_seed(0)
+        G, D, E = build_models(cfg)
+        if compiled:
+            for net in (G, D, E):
+                net.compile()
+        nets = Networks(G, D, E, torch.optim.Adam(D.parameters(), 1e-3),
+                        torch.optim.Adam([*G.parameters(), *E.parameters()], 1e-3))
+        step = DaliStep(nets, variant="dali", lambda_e=0.25, update_order="alternating")
+        g = torch.Generator().manual_seed(3)
+        out = []
+        for _ in range(2):
+            x = torch.rand(8, 1, 28, 28, generator=g) * 2 - 1
+            out.append(step([x], [torch.randn(8, 4, generator=g), torch.randn(8, 4, generator=g)]))
+        return out, snap(G)
+
+    (eager, g_eager), (comp, g_comp) = run(False), run(True)
+    for a, b in zip(eager, comp):
+        for k in a:
+            assert float(b[k]) == pytest.approx(float(a[k]), rel=1e-3, abs=1e-4), k
+    for k in g_eager:
+        assert torch.allclose(g_eager[k].float(), g_comp[k].float(), rtol=1e-3, atol=1e-4), k
