@@ -14,11 +14,59 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, er
                        errno.ENOTDIR, errno.EISDIR}
 
 
+def _click_exceptions() -> tuple[tuple, tuple, tuple]:
+    """(usage errors, 'no arguments: show help', abort) of click and of the copy of click that
+    newer Typer versions carry inside themselves."""
+    mods = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mods.append(__import__(name, fromlist=["ClickException"]))
+        except ImportError:
+            pass
+    pick = lambda attr: tuple(getattr(m, attr) for m in mods if hasattr(m, attr))  # noqa: E731
+    return pick("ClickException"), pick("NoArgsIsHelpError"), pick("Abort")
+
+
+def _run_click(fn, args, kwargs):
+    """Run a Typer app (or ``typer.run(function)``) without click's standalone mode, so that a
+    bad option value reaches us as an exception instead of being printed as a usage box."""
+    import typer
+
+    if fn is typer.run:
+        app = typer.Typer(add_completion=False)
+        app.command()(args[0])
+        argv = kwargs.get("args")
+    else:
+        app = fn
+        argv = args[0] if args else kwargs.get("args")
+    command = typer.main.get_command(app)
+    code = command.main(args=None if argv is None else list(argv), standalone_mode=False)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
 def exits_cleanly(fn):
+    """Wrap a Typer app or ``typer.run``: bad input of any kind, Typer's option checks included,
+    ends as one ``error: ...`` line with exit code 2."""
+    import typer
+
+    clickish = fn is typer.run or isinstance(fn, typer.Typer)
+    click_error, no_args_help, abort = _click_exceptions()
+
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            if clickish:
+                return _run_click(fn, args, kwargs)
             return fn(*args, **kwargs)
+        except no_args_help as exc:  # a bare group: its help, as usual
+            print(exc.ctx.get_help(), file=sys.stderr)
+            sys.exit(2)
+        except click_error as exc:
+            print(f"error: {exc.format_message()}", file=sys.stderr)
+            sys.exit(UserError.exit_code)
+        except abort:
+            print("interrupted", file=sys.stderr)
+            sys.exit(130)
         except UserError as exc:
             print(f"error: {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)

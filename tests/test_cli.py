@@ -34,6 +34,24 @@ def test_bad_config_is_one_line_exit_2(args, expect):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("args, expect", [
+    (["sample", "--run-dir", "r", "--num", "0", "--out", "s.npy"], "'--num'"),
+    (["sample", "--bogus"], "No such option: --bogus"),
+    (["train", "--set"], "Option '--set' requires an argument"),
+    (["encode", "--checkpoint", "c"], "Missing option '--out'"),
+    (["prep", "mnist", "--source", "s", "--out", "o", "--shard-size", "x"], "'--shard-size'"),
+    (["evaluate", "--run-dir", "r", "--watch-interval", "-1"], "'--watch-interval'"),
+])
+def test_option_errors_from_typer_are_one_line_exit_2(args, expect, tmp_path):
+    """Typer's own checks (ranges, unknown or missing options) end like every other bad input:
+    one `error:` line and exit 2, not a usage box."""
+    r = run_cli(*args, cwd=tmp_path)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("error: ") and expect in lines[0], r.stderr
+
+
 def test_malformed_yaml_file_names_the_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("train: [steps: 3\n")
