@@ -14,6 +14,16 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, er
                        errno.ENOTDIR, errno.EISDIR}
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    """An allocator failure (host or GPU) from sizes someone asked for, not a bug."""
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
+        return True
+    return "can't allocate memory" in str(exc) or "out of memory" in str(exc).lower()
+
+
 def _click_exceptions() -> tuple[tuple, tuple, tuple]:
     """(usage errors, 'no arguments: show help', abort) of click and of the copy of click that
     newer Typer versions carry inside themselves."""
@@ -79,5 +89,11 @@ def exits_cleanly(fn):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             sys.exit(130)
+        except (MemoryError, RuntimeError) as exc:
+            if not _out_of_memory(exc):
+                raise
+            first = (str(exc).strip().splitlines() or ["out of memory"])[0][:300]
+            print(f"error: out of memory ({first}); lower the sizes (batch, widths, samples)", file=sys.stderr)
+            sys.exit(UserError.exit_code)
 
     return wrapper

@@ -241,6 +241,12 @@ _POSITIVE_INT = {
 }
 # Upper limits on sizes, so that a typo is a config error instead of an allocator failure.
 MAX_WIDTH = 16384
+# Sizes whose typo would exhaust memory or overflow a C integer further down.
+_UPPER_LIMITS = {
+    "model.latent_dim": MAX_WIDTH, "train.batch_size": 1 << 20, "eval.batch_size": 1 << 20,
+    "eval.num_samples": 10_000_000, "train.d_steps": 1000, "train.dist_timeout_s": 365 * 24 * 3600,
+    "train.seed": 2**63 - 1, "eval.seed": 2**63 - 1, "data.num_workers": 256,
+}
 _WIDTHS = ("model.width", "model.g_fc_width", "model.d_head_width", "model.e_head_width")
 _NON_NEGATIVE_INT = {"model.lambda_e_ramp_steps", "train.export_bn_batches", "train.sample_every", "train.keep_every", "optim.warmup_steps", "data.num_workers"}
 
@@ -291,6 +297,12 @@ def validate(cfg: Config) -> None:
         if (not widths and dotted != "model.e_hidden") or any(w <= 0 for w in widths):
             raise UserError(f"config: {dotted} must be a non-empty list of positive widths, got {widths}")
 
+    for dotted, limit in _UPPER_LIMITS.items():
+        if _get(cfg, dotted) > limit:
+            raise UserError(f"config: {dotted} must be at most {limit:,}, got {_get(cfg, dotted):,}")
+    for dotted in ("model.g_hidden", "model.d_hidden", "model.e_hidden"):
+        if any(w > MAX_WIDTH for w in _get(cfg, dotted)):
+            raise UserError(f"config: {dotted} widths must be at most {MAX_WIDTH}, got {_get(cfg, dotted)}")
     for dotted in _WIDTHS:
         v = _get(cfg, dotted)
         if v is not None and not 1 <= v <= MAX_WIDTH:
@@ -372,8 +384,11 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise UserError(f"config: {where} must be an integer, got {value!r}")
+                value = int(value)
+            else:
+                raise UserError(f"config: {where} must be an integer, got {value!r}")
+        if not -(2**63) <= value < 2**63:
+            raise UserError(f"config: {where} must fit in 64 bits, got {value}")
         return value
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads 4e-4 (no dot) as a string
@@ -429,8 +444,29 @@ def preset_names() -> list[str]:
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
 
 
+MAX_DEPTH = 32  # a config is a few sections deep; anything far deeper is not a config
+
+
+def _check_depth(value: Any, where: str) -> None:
+    """Refuse deeply nested values before anything recurses into them (iteratively)."""
+    stack = [(value, 0)]
+    seen = 0
+    while stack:
+        v, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise UserError(f"{where}: values nested deeper than {MAX_DEPTH} levels")
+        seen += 1
+        if seen > 1_000_000:
+            raise UserError(f"{where}: more than a million values; not a config")
+        if isinstance(v, dict):
+            stack.extend((x, depth + 1) for x in v.values())
+        elif isinstance(v, (list, tuple)):
+            stack.extend((x, depth + 1) for x in v)
+
+
 def _plain_data(value: Any, where: str) -> Any:
     """YAML anchors can build values that contain themselves; a config holds plain trees only."""
+    _check_depth(value, where)
     try:
         json.dumps(value)
     except (TypeError, ValueError) as exc:
@@ -441,6 +477,8 @@ def _plain_data(value: Any, where: str) -> Any:
 def _read_yaml(text: str, where: str) -> dict:
     try:
         data = _plain_data(yaml.safe_load(text), where)
+    except RecursionError:
+        raise UserError(f"{where}: values nested too deeply to be a config") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         pos = f" line {mark.line + 1}" if mark is not None else ""
@@ -483,6 +521,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise UserError(f"--set {text!r}: expected section.field=value")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
+    except RecursionError:
+        raise UserError(f"--set {key}: value nested too deeply") from None
     except yaml.YAMLError:
         value = raw
     return key.split("."), _plain_data(value, f"--set {key}")

@@ -285,9 +285,31 @@ def set_learning_rates(step: int, cfg: Config, steps_per_epoch: int, optimizers:
     return out
 
 
+def next_steps(cfg: Config, run_dir: Path, exit_code: int) -> str:
+    """What a run wrote and what to run next, printed when training ends."""
+    from .tracking import redact, resolve_uri
+
+    rd = str(run_dir)
+    if exit_code != 0:
+        return f"stopped: {rd} (checkpoint written); continue with: dali-dist train ... --run-dir {rd} --resume auto"
+    metrics = "modes" if cfg.data.dataset == "grid2d" else ("is,mse" if cfg.data.channels == 1 else "fid,is,mse")
+    if not cfg.has_encoder:
+        metrics = metrics.replace(",mse", "")
+    lines = [f"done: {rd}", f"  checkpoints  {rd}/checkpoints/", f"  images       {rd}/images/",
+             f"  statistics   {rd}/stats.jsonl", "next:",
+             f"  dali-dist evaluate --run-dir {rd} --metrics {metrics} --out {rd}/metrics.json",
+             f"  dali-dist sample --run-dir {rd} --num 64 --out {rd}/samples/"]
+    if cfg.tracking.enabled:
+        uri, _ = resolve_uri(cfg.tracking.uri, run_dir)
+        lines.append(f"  mlflow ui --backend-store-uri {redact(uri)}")
+    return "\n".join(lines)
+
+
 def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     """Run training to ``cfg.train.steps``; returns the process exit code."""
     # -- setup -------------------------------------------------------------------------------
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir}: exists and is not a directory")
     accelerator = make_accelerator(cfg)
     threads = configure_threads()
     rank, world = accelerator.process_index, accelerator.num_processes
@@ -376,6 +398,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     tracker = start_run_tracking(cfg, run_dir, world, batch, data.info) if accelerator.is_main_process else NullTracker()
     stopper = StopRequest(run_dir)
     is_2d = cfg.data.dataset == "grid2d"
+    accelerator.print(f"run directory: {run_dir}")
     accelerator.print(
         f"training {cfg.model.variant} on {cfg.data.dataset}: {world} process(es), device {device}, "
         f"global batch {cfg.train.batch_size} ({batch} per process), steps {state.step}->{cfg.train.steps}, "
@@ -543,6 +566,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
         tmp.write_text(f"{exit_code}\n")
         tmp.replace(run_dir / "exit_code")
     accelerator.wait_for_everyone()
+    accelerator.print(next_steps(cfg, run_dir, exit_code))
     accelerator.end_training()
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # an explicit teardown: leaving it to interpreter exit aborted a rank now and then

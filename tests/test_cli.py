@@ -82,6 +82,10 @@ def test_module_entry_point_trains_then_sample_and_evaluate(tmp_path):
         capture_output=True, text=True, timeout=200, cwd=REPO,
     )
     assert r.returncode == 0, r.stderr
+    # where the run went, at the start, and what to run next, at the end
+    assert f"run directory: {run}" in r.stdout
+    tail = r.stdout[r.stdout.index("done: "):]
+    assert f"dali-dist evaluate --run-dir {run} --metrics modes" in tail and "next:" in tail
     ck = run / "checkpoints" / "step-10"
     r = run_cli("sample", "--checkpoint", str(ck), "--num", "7", "--out", str(tmp_path / "s.npy"))
     assert r.returncode == 0, r.stderr

@@ -1,0 +1,71 @@
+"""A table of hostile or careless inputs, one per row: every command must end with exit code 2,
+exactly one `error:` line, no traceback, and the folder it ran in exactly as it was.
+New commands and new input classes join the table."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.conftest import run_cli
+
+pytestmark = pytest.mark.timeout(120)
+
+TINY = ["--config", "grid2d", "--set", "train.steps=2", "--set", "tracking.enabled=false",
+        "--set", "train.sample_every=0"]
+
+
+def _snapshot(root):
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else "dir") for p in sorted(root.rglob("*"))}
+
+
+def _setup(tmp_path):
+    (tmp_path / "afile").write_text("a user's file")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "notes.txt").write_text("mine")
+    (tmp_path / "data" / "train").mkdir()
+    (tmp_path / "data" / "train" / "mine.tar").write_bytes(b"not prep's")
+    (tmp_path / "deep.yaml").write_text("a: " + "[" * 1200 + "]" * 1200 + "\n")
+
+
+CASES = {
+    # run directories and outputs that cannot be
+    "run dir is a file": (["train", *TINY, "--run-dir", "afile"], "not a directory"),
+    "run dir under a file": (["train", *TINY, "--run-dir", "afile/run"], "afile"),
+    # numbers that overflow, sizes with no upper bound
+    "huge seed": (["train", *TINY, "--run-dir", "r", "--set", "train.seed=100000000000000000000000"], "64 bits"),
+    "huge timeout": (["train", *TINY, "--run-dir", "r", "--set", "train.dist_timeout_s=99999999999"], "at most"),
+    "infinite interval": (["train", *TINY, "--run-dir", "r", "--set", "train.log_every=.inf"], "integer"),
+    "huge latent": (["train", *TINY, "--run-dir", "r", "--set", "model.latent_dim=100000000"], "at most"),
+    "huge layer": (["train", *TINY, "--run-dir", "r", "--set", "model.g_hidden=[100000]"], "at most"),
+    "huge image width": (["train", "--config", "mnist", "--data", "data", "--run-dir", "r",
+                          "--set", "model.d_head_width=100000"], "d_head_width"),
+    "zero head width": (["train", "--config", "mnist", "--data", "data", "--run-dir", "r",
+                         "--set", "model.d_head_width=0"], "d_head_width"),
+    "allocator failure": (["train", *TINY, "--run-dir", "r", "--set", "train.batch_size=1000000",
+                           "--set", "model.g_hidden=[16000,16000]"], "out of memory", "r"),
+    # config files that recurse
+    "deeply nested config": (["train", "--config", "deep.yaml", "--run-dir", "r"], "deep.yaml"),
+    "deeply nested override": (["train", *TINY, "--run-dir", "r", "--set", "model.g_hidden=" + "[" * 1200 + "]" * 1200],
+                               "nested"),
+    # prep into a folder holding someone else's files
+    "prep over user files": (["prep", "grid2d", "--out", "data", "--num-train", "10", "--num-test", "5"], "did not write"),
+    # option values Typer checks itself
+    "option range": (["sample", "--run-dir", "r", "--num", "0", "--out", "s.npy"], "--num"),
+    "unknown option": (["evaluate", "--nope"], "No such option"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_input_is_one_line_and_touches_nothing(name, tmp_path):
+    """A third element names the command's own output (a run directory it made before the
+    failure); nothing else may appear, and nothing that was there may change."""
+    args, expect, *own = CASES[name]
+    _setup(tmp_path)
+    before = _snapshot(tmp_path)
+    r = run_cli(*args, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert r.returncode == 2 and len(errors) == 1, (r.returncode, r.stderr[-3000:])
+    assert expect in errors[0], errors[0]
+    after = {k: v for k, v in _snapshot(tmp_path).items() if not any(k == o or k.startswith(o + "/") for o in own)}
+    assert after == before
