@@ -57,6 +57,7 @@ def sample_command(
     stop = {"requested": False}  # set by the handler, acted on between batches
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, lambda *_: stop.update(requested=True))
+    typer.echo(f"sample: {num} samples from {checkpoint} (step {exp.meta['step']}) -> {out}", err=True)
     try:
         samples = generate(exp, num, seed=seed, batch_size=batch_size, progress=sys.stderr.isatty(),
                            should_stop=lambda: stop["requested"])

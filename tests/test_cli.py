@@ -134,8 +134,19 @@ def test_sample_export_stops_between_batches_on_sigterm(tmp_path, tiny_grid_cfg)
     p = subprocess.Popen([sys.executable, "-m", "dali_dist.cli", "sample", "--run-dir", str(tmp_path / "run"),
                           "--num", "5000000", "--batch-size", "1000", "--out", str(out)],
                          env={**os.environ, "PYTHONPATH": str(REPO)}, stderr=subprocess.PIPE, text=True)
-    time.sleep(6)
+    # signal once the export is under way (its start line is on stderr), however slow the start
+    import threading
+
+    chunks: list[str] = []
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: p.stderr.read(1), "")), daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while "samples from" not in "".join(chunks) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1)  # a few batches in
     p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=60)
+    p.wait(timeout=60)
+    reader.join(timeout=10)
+    err = "".join(chunks)
     assert p.returncode == 75, err[-2000:]
     assert "nothing written" in err and not out.exists() and not list(tmp_path.glob("samples.npy*"))

@@ -93,7 +93,8 @@ def test_every_option_builds_at_every_resolution(res, ch, variant):
 def test_spectral_norm_bounds_every_discriminator_layer():
     """With d_norm=spectral, D has no BatchNorm and each layer's weight has spectral norm ~1
     (after enough power iterations), so D is 1-Lipschitz per layer as SN-GAN's is."""
-    cfg = load_config("cifar10", ["model.width=8", "model.d_norm=spectral", "model.d_head=mlp", "model.d_head_width=16"], data="x")
+    cfg = load_config("cifar10", ["data.resolution=32", "model.width=8", "model.d_norm=spectral", "model.d_head=mlp",
+                                  "model.d_head_width=16"], data="x")
     _, D, _ = build_models(cfg)
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in D.modules())
     layers = [m for m in D.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
