@@ -358,6 +358,10 @@ def build(source: Source, out, *, shard_size: int, workers: int = 1, encoding: s
     if (out / MANIFEST_NAME).exists() and jobs:
         (out / MANIFEST_NAME).unlink()  # the manifest is written last, only when all shards are there
 
+    # The state file marks the folder as prep's before any shard lands, so that shards left by a
+    # killed run are recognised as its own by the next one.
+    write_json_atomic(out / STATE_NAME, state)
+
     todo = sum(source.item_count(j[0], it) for j in jobs for it in j[2])
     unit = "pt" if source.kind == "points" else "img"
     bar = tqdm(total=todo, unit=unit, unit_scale=True, desc=f"{source.dataset} -> {out}", file=sys.stderr,
