@@ -198,7 +198,6 @@ class EvalJob:
         read from the cache beside the shards or computed once and cached there."""
         if name in self._refs:
             return self._refs[name]
-        from .metrics.features import dataset_features
         from .metrics.fid import gaussian_stats, load_cached, save_cached, stats_dir
 
         info = self.info
@@ -208,8 +207,7 @@ class EvalJob:
         path = stats_dir(info) / f"{key}.npz"
         stats = load_cached(path, info.manifest_sha256) if self.ranks.is_main else None
         if not self.ranks.broadcast(stats is not None):
-            feats, _ = dataset_features(self.source, split, {name: self.extractor(name)}, batch_size=self.batch_size,
-                                        ranks=self.ranks, progress=self.opts.progress, total=info.splits[split])[name]
+            feats = self._split_features(name, split)
             if self.ranks.is_main:
                 stats = gaussian_stats(feats)
                 try:
@@ -221,10 +219,20 @@ class EvalJob:
         self._refs[name] = stats
         return stats
 
+    def _split_features(self, name: str, split: str):
+        """Features of every image of ``split`` under extractor ``name`` (work shared by ranks)."""
+        from .metrics.features import dataset_features
+
+        info = self.info
+        if split not in info.splits:
+            raise UserError(f"{self.source}: no {split!r} split for reference statistics")
+        feats, _ = dataset_features(self.source, split, {name: self.extractor(name)}, batch_size=self.batch_size,
+                                    ranks=self.ranks, progress=self.opts.progress, total=info.splits[split])[name]
+        return feats
+
     def reference_features(self, name: str, split: str = "train"):
         """Feature rows of ``split`` under extractor ``name`` (main rank; None elsewhere), for
         KID, which needs samples rather than moments; cached beside the statistics."""
-        from .metrics.features import dataset_features
         from .metrics.fid import load_cached_features, save_cached_features, stats_dir
 
         info = self.info
@@ -232,8 +240,7 @@ class EvalJob:
         path = stats_dir(info) / f"{key}.npz"
         feats = load_cached_features(path, info.manifest_sha256) if self.ranks.is_main else None
         if not self.ranks.broadcast(feats is not None):
-            feats, _ = dataset_features(self.source, split, {name: self.extractor(name)}, batch_size=self.batch_size,
-                                        ranks=self.ranks, progress=self.opts.progress, total=info.splits[split])[name]
+            feats = self._split_features(name, split)
             if self.ranks.is_main:
                 try:
                     save_cached_features(path, feats, {"key": key, "extractor": self.extractor(name).id,

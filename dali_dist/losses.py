@@ -1,6 +1,6 @@
 """The DALI objective and its variants as pure functions; none calls ``.backward()``.
 
-Equation numbers refer to the paper (../shared/paper/dali-paper.txt, Section 3).
+Equation numbers refer to Section 3 of the paper "Decomposed Adversarial Learned Inference".
 """
 
 from __future__ import annotations

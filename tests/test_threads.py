@@ -35,9 +35,8 @@ def test_a_meaningless_omp_num_threads_falls_back_to_the_cores(monkeypatch, valu
     assert threads.intra_op_threads() == 6
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform (macOS)")
 def test_usable_cores_follow_the_affinity_mask():
-    if not hasattr(os, "sched_setaffinity"):
-        pytest.skip("no CPU affinity on this platform")
     code = "import os; os.sched_setaffinity(0, {0}); from dali_dist.threads import usable_cores; print(usable_cores())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)})
