@@ -120,6 +120,9 @@ def _two_ranks(rank, port, out):
     # no DDP here: only rank 1 sees an inf gradient, and rank 0 must skip with it
     skipped = upd.update(_loss(m, bad=rank == 1))
     torch.save({"stepped": not bool(skipped), "w": m.weight.detach().clone()}, f"{out}/rank{rank}.pt")
+    # both ranks leave the collective together: tearing gloo down while the peer is still
+    # mid-exchange aborted a rank now and then ("terminate called without an active exception")
+    dist.barrier()
     dist.destroy_process_group()
 
 
