@@ -145,11 +145,14 @@ def train_classifier(source, out: Path, *, epochs: int = 3, seed: int = 0, batch
     }
     from safetensors.torch import save_file
 
+    from .atomic import atomic_path
+    from .outputs import MARK, mark
+
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp), metadata=meta)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(tmp),
+                  metadata={**meta, MARK: mark("train-classifier")})
     return {"path": str(out), "test_accuracy": test_acc, "dataset": info.dataset,
             "train_seconds": round(time.perf_counter() - t0, 1)}
 
@@ -184,9 +187,12 @@ def train_classifier_command(
     seed: int = typer.Option(0, "--seed"),
     batch_size: int = typer.Option(128, "--batch-size", min=1),
     device: str = typer.Option("cuda" if torch.cuda.is_available() else "cpu", "--device"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out that dali-dist did not write."),
 ) -> None:
     """Train the classifier used for the Inception score and fid_classifier on MNIST-like sets."""
-    out = out or default_classifier_path(data)
+    from .outputs import check_file
+
+    out = check_file(out or default_classifier_path(data), overwrite=overwrite)
     result = train_classifier(data, out, epochs=epochs, seed=seed, batch_size=batch_size, device=device)
     typer.echo(json.dumps(result, indent=2))
 

@@ -42,18 +42,21 @@ def sample_command(
     seed: int = typer.Option(0, "--seed", help="Sample i uses z seeded by (seed, i)."),
     batch_size: int = typer.Option(500, "--batch-size", min=1),
     device: str = typer.Option("cpu", "--device"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace existing files at --out that dali-dist did not write."),
 ) -> None:
     """Write N generated samples."""
     import signal
     import sys
 
     from .checkpoint import load_export, newest_checkpoint
-    from .generate import GenerationStopped, generate, write_samples
+    from .generate import GenerationStopped, check_samples_out, generate, write_samples
 
     if (checkpoint is None) == (run_dir is None):
         raise UserError("give exactly one of --checkpoint or --run-dir")
     checkpoint = checkpoint or newest_checkpoint(run_dir)
     exp = load_export(checkpoint, device)
+    is_2d = exp.cfg.data.dataset == "grid2d"
+    check_samples_out(out, num, is_2d, overwrite)
     stop = {"requested": False}  # set by the handler, acted on between batches
     for sig in (signal.SIGTERM, signal.SIGUSR1):
         signal.signal(sig, lambda *_: stop.update(requested=True))
@@ -64,7 +67,7 @@ def sample_command(
     except GenerationStopped as exc:
         typer.echo(f"sample: {exc}; nothing written to {out} (run it again)", err=True)
         raise typer.Exit(75)
-    write_samples(samples, out, exp.cfg.data.dataset == "grid2d")
+    write_samples(samples, out, is_2d)
     typer.echo(f"wrote {num} samples to {out}")
 
 

@@ -32,7 +32,6 @@ checkpoint as evaluated (see ``evaluated_steps``), so pruning can keep unevaluat
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -41,12 +40,14 @@ from typing import Callable, Optional
 
 import typer
 
+from . import atomic
 from .checkpoint import Exported, complete_checkpoints, load_export, newest_checkpoint
 from .cli_util import exits_cleanly
 from .errors import UserError
 from .generate import generate
 from .metrics.modes import mode_metrics
 from .metrics.ranks import Ranks
+from .outputs import check_file, write_json
 from .tracking import attach_metrics, redact, resolve_uri
 
 FID_DEFAULT_SAMPLES = 50_000
@@ -444,9 +445,7 @@ def read_record(run_dir: Optional[Path], step: int) -> dict:
 
 def write_json_atomic(path: Path, obj) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    tmp.replace(path)
+    atomic.write_json(path, obj)
 
 
 def evaluated_steps(run_dir: Path) -> set[int]:
@@ -602,6 +601,7 @@ def evaluate_command(
     device: Optional[str] = typer.Option(None, "--device", help="Default: cuda if available (one GPU per process), else cpu."),
     track: bool = typer.Option(True, "--track/--no-track", help="Attach the metrics to the training run in MLflow."),
     force: bool = typer.Option(False, "--force", help="Recompute metrics already recorded for a step."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing --out that dali-dist did not write."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Progress bars on stderr."),
 ) -> None:
     """Compute metrics of checkpoints and write metrics.json."""
@@ -611,6 +611,8 @@ def evaluate_command(
         raise UserError("--all-checkpoints and --watch need --run-dir")
     if all_checkpoints and watch_run:
         raise UserError("give at most one of --all-checkpoints and --watch")
+    if out is not None:
+        check_file(out, overwrite=overwrite)  # before minutes of sampling, not after
     names = _names(metrics)
     ranks = Ranks(device)
     opts = EvalOptions(data=data, num_samples=num_samples, inception_weights=inception_weights,
@@ -627,8 +629,8 @@ def evaluate_command(
         if out is not None:  # rewritten after every checkpoint, so a long watch leaves a usable file
             latest = max(results, key=lambda r: r["step"])
             history = sorted(results, key=lambda r: r["step"])
-            write_json_atomic(out, latest if len(results) == 1 and not (all_checkpoints or watch_run)
-                              else {**latest, "history": history})
+            write_json(out, latest if len(results) == 1 and not (all_checkpoints or watch_run)
+                       else {**latest, "history": history}, "evaluate")
 
     if watch_run:
         if not run_dir.is_dir():

@@ -10,8 +10,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .atomic import atomic_path
 from .checkpoint import Exported
 from .errors import UserError
+from .outputs import check_file, check_folder, save_png
 from .seeding import generator
 from .visualize import image_grid_png, to_uint8_images
 
@@ -44,15 +46,30 @@ def generate(exp: Exported, n: int, *, seed: int, batch_size: int = 500, progres
     return torch.cat(out)
 
 
+def sample_file_names(num: int) -> list[str]:
+    """What ``write_samples`` puts in a folder: checked before sampling (outputs.py)."""
+    return [f"{i:06d}.png" for i in range(num)] + ["grid.png"]
+
+
+def check_samples_out(out: Path, num: int, is_2d: bool, overwrite: bool) -> None:
+    """Refuse a bad --out before the (possibly long) sampling, not after it."""
+    out = Path(out)
+    if out.suffix == ".npy":
+        check_file(out, overwrite=overwrite)
+    elif is_2d:
+        raise UserError(f"{out}: 2D samples are written as a .npy file")
+    else:
+        check_folder(out, sample_file_names(num), overwrite=overwrite)
+
+
 def write_samples(samples: torch.Tensor, out: Path, is_2d: bool) -> None:
     """``.npy``: (N, 2) float32 or (N, H, W, C) uint8; a directory: PNG files (+ grid)."""
     out = Path(out)
     if out.suffix == ".npy":
         arr = samples.numpy().astype(np.float32) if is_2d else to_uint8_images(samples)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp.npy")
-        np.save(tmp, arr)
-        tmp.replace(out)
+        with atomic_path(out) as tmp, open(tmp, "wb") as fh:  # a handle: numpy adds no suffix
+            np.save(fh, arr)
         return
     if is_2d:
         raise UserError(f"{out}: 2D samples are written as a .npy file")
@@ -63,5 +80,6 @@ def write_samples(samples: torch.Tensor, out: Path, is_2d: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     images = to_uint8_images(samples)
     for i, img in enumerate(images):
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(out / f"{i:06d}.png")
-    image_grid_png(images[:64], out / "grid.png")
+        save_png(out / f"{i:06d}.png", Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img), "sample",
+                 durable=False)
+    image_grid_png(images[:64], out / "grid.png", command="sample")

@@ -20,12 +20,15 @@ from tqdm import tqdm
 
 from .errors import UserError
 from .inference import DaliModel
+from .outputs import check_file, check_folder, save_npz
 from .visualize import image_grid_png, to_uint8_images
 
 CHECKPOINT = typer.Option(..., "--checkpoint", help="A step-<N>/ folder or its export/.")
 DATA = typer.Option(None, "--data", help="Shard directory or URL pattern (default: the training data).")
 SPLIT = typer.Option("test", "--split", help="Which split to read.")
 DEVICE = typer.Option("cuda" if torch.cuda.is_available() else "cpu", "--device")
+OVERWRITE = typer.Option(False, "--overwrite", help="Replace existing files at --out that dali-dist did not write.")
+
 
 
 def _source(model: DaliModel, data: Optional[str]) -> str:
@@ -51,21 +54,15 @@ def _first(model: DaliModel, source: str, split: str, n: int):
     return torch.cat(xs)[:n], torch.cat(ys)[:n]
 
 
-def _save_npz(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **arrays)
-    tmp.replace(path)
-
-
 def encode_command(
     checkpoint: Path = CHECKPOINT, data: Optional[str] = DATA, split: str = SPLIT,
     out: Path = typer.Option(..., "--out", help="Output .npz: codes (mu), sigmas, labels, keys."),
-    batch_size: int = typer.Option(500, "--batch-size", min=1), device: str = DEVICE,
+    batch_size: int = typer.Option(500, "--batch-size", min=1), device: str = DEVICE, overwrite: bool = OVERWRITE,
 ) -> None:
     """Encode a whole split: mu(x) and sigma(x) for every sample."""
     from .data import describe, eval_batches
 
+    check_file(out, overwrite=overwrite)
     model = DaliModel.load(checkpoint, device, batch_size)
     source = _source(model, data)
     total = describe(source, split).splits.get(split)
@@ -78,7 +75,7 @@ def encode_command(
             labels.append(y.numpy())
             keys.extend(k)
             bar.update(len(x))
-    _save_npz(out, codes=np.concatenate(codes), sigmas=np.concatenate(sigmas),
+    save_npz(out, "encode", codes=np.concatenate(codes), sigmas=np.concatenate(sigmas),
               labels=np.concatenate(labels), keys=np.array(keys))
     typer.echo(f"wrote {sum(len(c) for c in codes)} codes ({model.latent_dim}-d) to {out}")
 
@@ -87,20 +84,21 @@ def reconstruct_command(
     checkpoint: Path = CHECKPOINT, data: Optional[str] = DATA, split: str = SPLIT,
     num: int = typer.Option(32, "--num", min=1, help="How many samples (the first of the split)."),
     out: Path = typer.Option(..., "--out", help="Output directory: reconstructions.npz and grid.png."),
-    device: str = DEVICE,
+    device: str = DEVICE, overwrite: bool = OVERWRITE,
 ) -> None:
     """Reconstruct G(mu(x)); the grid shows each original beside its reconstruction."""
+    check_folder(out, ["reconstructions.npz", "grid.png"], overwrite=overwrite)
     model = DaliModel.load(checkpoint, device)
     x, y = _first(model, _source(model, data), split, num)
     rec = model.reconstruct(x).cpu()
     out.mkdir(parents=True, exist_ok=True)
     if len(model.shape) == 3:
         orig_u8, rec_u8 = to_uint8_images(x), to_uint8_images(rec)
-        _save_npz(out / "reconstructions.npz", originals=orig_u8, reconstructions=rec_u8, labels=y.numpy())
+        save_npz(out / "reconstructions.npz", "reconstruct", originals=orig_u8, reconstructions=rec_u8, labels=y.numpy())
         pairs = np.stack([orig_u8, rec_u8], axis=1).reshape(-1, *orig_u8.shape[1:])
-        image_grid_png(pairs, out / "grid.png", nrow=16)
+        image_grid_png(pairs, out / "grid.png", nrow=16, command="reconstruct")
     else:
-        _save_npz(out / "reconstructions.npz", originals=x.numpy(), reconstructions=rec.numpy(), labels=y.numpy())
+        save_npz(out / "reconstructions.npz", "reconstruct", originals=x.numpy(), reconstructions=rec.numpy(), labels=y.numpy())
     typer.echo(f"wrote {len(x)} reconstructions to {out}")
 
 
@@ -109,9 +107,10 @@ def interpolate_command(
     pairs: int = typer.Option(8, "--pairs", min=1, help="Paths between consecutive samples of the split."),
     steps: int = typer.Option(10, "--steps", min=2, help="Points on each path, endpoints included."),
     out: Path = typer.Option(..., "--out", help="Output directory: interpolations.npz and grid.png."),
-    device: str = DEVICE,
+    device: str = DEVICE, overwrite: bool = OVERWRITE,
 ) -> None:
     """Decode straight lines between the codes of pairs of real samples."""
+    check_folder(out, ["interpolations.npz", "grid.png"], overwrite=overwrite)
     model = DaliModel.load(checkpoint, device)
     x, _ = _first(model, _source(model, data), split, 2 * pairs)
     if len(x) < 2 * pairs:
@@ -120,8 +119,8 @@ def interpolate_command(
     out.mkdir(parents=True, exist_ok=True)
     if len(model.shape) == 3:
         u8 = to_uint8_images(paths.reshape(-1, *model.shape))
-        _save_npz(out / "interpolations.npz", paths=u8.reshape(pairs, steps, *u8.shape[1:]))
-        image_grid_png(u8, out / "grid.png", nrow=steps)
+        save_npz(out / "interpolations.npz", "interpolate", paths=u8.reshape(pairs, steps, *u8.shape[1:]))
+        image_grid_png(u8, out / "grid.png", nrow=steps, command="interpolate")
     else:
-        _save_npz(out / "interpolations.npz", paths=paths.numpy())
+        save_npz(out / "interpolations.npz", "interpolate", paths=paths.numpy())
     typer.echo(f"wrote {pairs} interpolation paths of {steps} steps to {out}")

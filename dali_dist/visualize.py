@@ -40,8 +40,12 @@ def to_uint8_images(x) -> np.ndarray:
     return arr.permute(0, 2, 3, 1).numpy()
 
 
-def image_grid_png(images: np.ndarray, path: Path, nrow: int | None = None, pad: int = 2) -> None:
-    """(N, H, W, C) uint8 images tiled into one PNG with ``nrow`` per row."""
+MIN_GRID_PX = 512  # a grid of 28 px images is upscaled to at least this wide or tall, to be read
+
+
+def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2, min_px: int = MIN_GRID_PX) -> Image.Image:
+    """(N, H, W, C) uint8 images tiled with ``nrow`` per row, upscaled by a whole factor with
+    nearest neighbour (pixels stay pixels) until the longer side reaches ``min_px``."""
     n, h, w, c = images.shape
     nrow = nrow or int(np.ceil(np.sqrt(n)))
     ncol_rows = int(np.ceil(n / nrow))
@@ -49,4 +53,15 @@ def image_grid_png(images: np.ndarray, path: Path, nrow: int | None = None, pad:
     for i in range(n):
         r, col = divmod(i, nrow)
         canvas[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = images[i]
-    Image.fromarray(canvas[..., 0] if c == 1 else canvas).save(path)
+    factor = max(1, -(-min_px // max(canvas.shape[:2])))
+    if factor > 1:
+        canvas = canvas.repeat(factor, axis=0).repeat(factor, axis=1)
+    return Image.fromarray(canvas[..., 0] if c == 1 else canvas)
+
+
+def image_grid_png(images: np.ndarray, path: Path, nrow: int | None = None, pad: int = 2, *,
+                   command: str = "train") -> None:
+    """The grid as a PNG carrying dali-dist's mark (outputs.py), written atomically."""
+    from .outputs import save_png
+
+    save_png(path, image_grid(images, nrow, pad), command)

@@ -31,6 +31,9 @@ CASES = {
     # run directories and outputs that cannot be
     "run dir is a file": (["train", *TINY, "--run-dir", "afile"], "not a directory"),
     "run dir under a file": (["train", *TINY, "--run-dir", "afile/run"], "afile"),
+    "output under a file": (["encode", "--checkpoint", "nope", "--out", "afile/z.npz"], "afile is a file"),
+    "output is a folder": (["evaluate", "--checkpoint", "nope", "--out", "data"], "is a folder"),
+    "output is a user's file": (["encode", "--checkpoint", "nope", "--out", "data/notes.txt"], "--overwrite"),
     # numbers that overflow, sizes with no upper bound
     "huge seed": (["train", *TINY, "--run-dir", "r", "--set", "train.seed=100000000000000000000000"], "64 bits"),
     "huge timeout": (["train", *TINY, "--run-dir", "r", "--set", "train.dist_timeout_s=99999999999"], "at most"),
