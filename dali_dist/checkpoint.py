@@ -28,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .atomic import fsync_dir
 from . import __version__
 from .config import Config, config_from_dict, dump_yaml
 from .errors import UserError
@@ -55,13 +56,6 @@ class TrainState:
 
 # ----------------------------------------------------------------------------------------
 # Writing
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -125,7 +119,7 @@ def save_checkpoint(
         if final.exists():  # re-saving the same step (e.g. stop right after resume)
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(root)
+        fsync_dir(root)
     except (OSError, SafetensorError, RuntimeError) as exc:
         if isinstance(exc, RuntimeError) and not _is_write_error(exc):
             raise

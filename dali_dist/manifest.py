@@ -59,14 +59,9 @@ def sha256_json(obj: Any) -> str:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON to a temporary name in the same folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    from .atomic import write_json
+
+    write_json(path, obj, indent=1, sort_keys=True)
 
 
 def manifest_path(path: str | os.PathLike) -> Path:

@@ -25,7 +25,7 @@ import typer
 import yaml
 from tqdm import tqdm
 
-from . import __version__
+from . import __version__, atomic
 from .algorithm import DaliStep, Networks
 from .batchnorm import precise_bn_copy, to_sync_batchnorm
 from .checkpoint import (
@@ -562,9 +562,7 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     if accelerator.is_main_process:
         # Launchers (torchrun under `accelerate launch`) report any non-zero worker exit as
         # their own exit 1, so batch scripts read the trainer's real verdict from this file.
-        tmp = run_dir / "exit_code.tmp"
-        tmp.write_text(f"{exit_code}\n")
-        tmp.replace(run_dir / "exit_code")
+        atomic.write_text(run_dir / "exit_code", f"{exit_code}\n")
     accelerator.wait_for_everyone()
     accelerator.print(next_steps(cfg, run_dir, exit_code))
     accelerator.end_training()

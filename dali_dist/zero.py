@@ -30,6 +30,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from .atomic import atomic_path
 from .errors import UserError
 
 ZERO_DIR = "zero"
@@ -164,11 +165,8 @@ _DROP = ("loss_scaler", "param_slice_mappings")
 def save_partition(folder: Path, name: str, engine, rank: int) -> None:
     sd = {k: v for k, v in engine.optimizer.state_dict().items() if k not in _DROP}
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".optim_{name}-rank{rank}.pt"
-    torch.save(_plain(sd), tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, folder / f"optim_{name}-rank{rank}.pt")
+    with atomic_path(folder / f"optim_{name}-rank{rank}.pt") as tmp:
+        torch.save(_plain(sd), tmp)
 
 
 def load_partition(ckpt: Path, name: str, engine, rank: int, world_size: int) -> None:

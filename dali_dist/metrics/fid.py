@@ -26,6 +26,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..atomic import atomic_path
 from ..errors import UserError
 from .extractors import cleanfid_modules
 
@@ -122,13 +123,11 @@ def load_cached_features(path: Path, manifest_sha256: Optional[str]) -> Optional
 
 def save_cached_features(path: Path, features: np.ndarray, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, features=np.asarray(features, dtype=np.float32), meta=np.array(json.dumps(meta)))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, features=np.asarray(features, dtype=np.float32), meta=np.array(json.dumps(meta)))
 
 
 def save_cached(path: Path, stats: GaussianStats, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, mu=stats.mu, sigma=stats.sigma, meta=np.array(json.dumps({**meta, "count": stats.count})))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, mu=stats.mu, sigma=stats.sigma, meta=np.array(json.dumps({**meta, "count": stats.count})))
