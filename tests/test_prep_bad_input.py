@@ -19,6 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _archives as A  # noqa: E402
+import _corrupt as C  # noqa: E402
 
 from dali_dist.cli_util import exits_cleanly  # noqa: E402
 from data_prep.cli import prep_app  # noqa: E402
@@ -236,6 +237,32 @@ def test_folder_corrupt_images_threshold(tmp_path, capsys):
 def test_verify_without_manifest(tmp_path, capsys):
     msg = prep(capsys, "verify", tmp_path)
     assert "manifest.json" in msg
+
+
+@pytest.fixture(scope="module")
+def clean_shards(tmp_path_factory):
+    """40 train / 20 test MNIST-like images in PNG shards of 20."""
+    from data_prep.mnist import MnistSource
+    from data_prep.shards import build
+
+    root = tmp_path_factory.mktemp("verify")
+    A.make_mnist(root / "dl", n_train=40, n_test=20, gz=False)
+    build(MnistSource(root / "dl"), root / "png", shard_size=20, encoding="png", progress=False)
+    return root / "png"
+
+
+@pytest.fixture
+def shards(clean_shards, tmp_path):
+    return C.copy(clean_shards, tmp_path / "png")
+
+
+@pytest.mark.parametrize("field", list(C.HUGE_SIZES))
+def test_verify_member_claiming_a_huge_size(shards, capsys, field):
+    """The shard's sha256 matches the manifest; one member's header claims more bytes than the
+    file holds (up to 10**20, GNU base-256): nothing that size is read or allocated."""
+    C.claim_size(shards, "train", 0, 2, C.HUGE_SIZES[field])
+    msg = prep(capsys, "verify", shards, "--quiet")
+    assert "train/shard-000000.tar" in msg and "truncated or corrupt tar" in msg, msg
 
 
 def test_subprocess_exit_code_and_one_line(tmp_path):
