@@ -265,6 +265,25 @@ def test_verify_member_claiming_a_huge_size(shards, capsys, field):
     assert "train/shard-000000.tar" in msg and "truncated or corrupt tar" in msg, msg
 
 
+@pytest.mark.parametrize("field, value, expect", [
+    ("resolution", 32, "is 28x28, expected 32x32"),
+    ("channels", 3, "has 1 channel(s), the manifest says 3"),
+    ("encoding", "raw", "is .png, the manifest says raw"),
+    ("num_classes", 1, "outside the manifest's 1 classes"),
+    ("num_classes", None, "the manifest says the data has no labels"),
+])
+def test_verify_decodes_against_the_manifest(shards, capsys, field, value, expect):
+    """Shards that match their sizes, checksums and counts, and a manifest that describes them
+    wrongly: verify decodes the samples and names the first shard that differs."""
+    import json
+
+    m = C.manifest(shards)
+    m[field] = value
+    (shards / "manifest.json").write_text(json.dumps(m))
+    msg = prep(capsys, "verify", shards, "--quiet")
+    assert "shard-000000.tar: sample" in msg and expect in msg, msg
+
+
 def test_subprocess_exit_code_and_one_line(tmp_path):
     path = tmp_path / "cifar-10-python.tar.gz"
     with gzip.open(path, "wb") as f:
