@@ -113,6 +113,30 @@ def test_cifar_bad_pickles(tmp_path, capsys, payload):
     assert not Path("/tmp/dali-dist-pwned").exists()
 
 
+@pytest.mark.parametrize("labels, expect", [
+    (["3", "4"], "found strings"),
+    ([b"3", b"4"], "found bytes"),
+    ([0.0, 1.5], "found floats"),
+    ([float("nan"), 0], "found floats"),
+    (np.array([0.5, 1.0]), "found floats"),
+    ([True, False], "found booleans"),
+    ([10 ** 30, 0], "found objects"),
+    ([0, 10], "labels must be 0-9, found 0..10"),
+    ([-1, 0], "labels must be 0-9, found -1..0"),
+    ([0], "1 labels for 2 images"),
+    ([0, 1, 2], "3 labels for 2 images"),
+    ([[0], [1, 2]], "'labels' is not an array or a flat list"),
+    (None, "no flat list of labels for 2 images"),
+])
+def test_cifar_bad_labels(tmp_path, capsys, labels, expect):
+    folder = A.make_cifar(tmp_path / "dl", A.cifar_arrays(per_batch=2, n_test=2), as_archive=False)
+    blob = pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}, protocol=2)
+    (folder / "data_batch_3").write_bytes(blob)
+    msg = prep(capsys, "cifar10", "--source", folder, "--out", tmp_path / "out")
+    assert "data_batch_3" in msg and expect in msg, msg
+    no_finished_output(tmp_path / "out")
+
+
 # ------------------------------------------------------------------------------------------ CelebA
 
 
