@@ -44,7 +44,8 @@ def _manifest(total, counts, **extra) -> str:
     return json.dumps(m)
 
 
-# manifests that are valid JSON with counts (or fields) that cannot be: (split count, shard counts, other fields)
+# manifests that are valid JSON with counts (or fields) that cannot be, and one whose train
+# split is empty: (split count, shard counts, other fields)
 BAD_MANIFESTS = {
     "m-negative": (20, [-5, 25], {}),
     "m-sum": (50, [20, 20], {}),
@@ -52,6 +53,7 @@ BAD_MANIFESTS = {
     "m-bool": (21, [20, True], {}),
     "m-channels": (40, [20, 20], {"channels": True}),
     "m-float": (40, [20.0, 20], {}),
+    "m-empty": (0, [], {}),
 }
 # manifests that Python's json module refuses with other errors than JSONDecodeError
 BAD_JSON = {"m-digits": '{"format": ' + "9" * 5000 + "}", "m-deep": "[" * 100000}
@@ -98,6 +100,8 @@ CASES = {
                              "m-negative/manifest.json: split 'train': shard 'train/shard-000000.tar' has count -5", "r"),
     "train counts do not add up": (["train", "--config", "mnist", "--data", "m-sum", "--run-dir", "r"],
                                    "m-sum/manifest.json: split 'train': shard counts add up", "r"),
+    "train on an empty split": (["train", "--config", "mnist", "--data", "m-empty", "--run-dir", "r"],
+                                "m-empty/manifest.json: split 'train' has no samples", "r"),
     "classifier count is a boolean": (["train-classifier", "--data", "m-bool", "--out", "c.safetensors"],
                                       "m-bool/manifest.json", "c.safetensors"),
 }
