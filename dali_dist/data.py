@@ -372,6 +372,14 @@ def _read_range(shards: list, start: int, stop: int, kind: str, lenient: bool = 
             return
 
 
+def _check_has_samples(info: DatasetInfo, split: str, source) -> None:
+    """An empty split (prep writes one when every input of it was corrupt) stops here, naming
+    the manifest: later it would be an empty shard list, a zero division or an endless wait."""
+    if info.splits[split] <= 0:
+        where = Path(info.root) / MANIFEST_NAME if info.root else source
+        raise UserError(f"{where}: split {split!r} has no samples")
+
+
 def _usable_shards(info: DatasetInfo, split: str, on_corrupt: str, log: CorruptLog) -> list:
     """[(url, count, sha256)] of the split, checked before any batch is read. "error": a
     missing or wrongly sized local shard stops here, before other ranks wait on this one.
@@ -554,6 +562,7 @@ class TrainStream:
         self.info = describe(source, split, on_corrupt)
         if split not in self.info.splits:
             raise UserError(f"{source}: no split {split!r} (has {', '.join(sorted(self.info.splits))})")
+        _check_has_samples(self.info, split, source)
         # the count before corrupt shards are left out: every rank agrees on it, whatever it finds
         n = self.info.splits[split]
         shards = _usable_shards(self.info, split, on_corrupt, self._log)
@@ -646,6 +655,7 @@ def eval_batches(source, *, split: str = "test", batch_size: int, rank: int = 0,
     info = describe(source, split, on_corrupt)
     if split not in info.splits:
         raise UserError(f"{source}: no split {split!r} (has {', '.join(sorted(info.splits))})")
+    _check_has_samples(info, split, source)
     spec = dict(shards=_usable_shards(info, split, on_corrupt, log), kind=info.kind, shape=info.shape,
                 batch_size=batch_size, rank=rank, world_size=world_size, nw=max(1, num_workers), as_uint8=as_uint8,
                 on_corrupt=on_corrupt)

@@ -55,23 +55,49 @@ def _octal(field_: bytes, url: str) -> int:
         raise UserError(f"{url}: not a tar file (bad header field {field_[:12]!r})") from None
 
 
+_CHUNK = 1 << 20
+
+
+def _truncated(url: str, what: str) -> UserError:
+    return UserError(f"{url}: truncated or corrupt tar ({what} goes past the end of the file)")
+
+
 def _read_exact(f, n: int, url: str, what: str) -> bytes:
-    b = f.read(n)
-    if len(b) != n:
-        raise UserError(f"{url}: truncated tar ({what})")
-    return b
+    # In chunks: a header may claim any size, and only bytes that exist get allocated.
+    b = f.read(min(n, _CHUNK))
+    if len(b) == n:
+        return b
+    parts, got = [b], len(b)
+    while got < n:
+        b = f.read(min(n - got, _CHUNK))
+        if not b:
+            raise _truncated(url, what)
+        parts.append(b)
+        got += len(b)
+    return b"".join(parts)
+
+
+def _end_of(f) -> Optional[int]:
+    """The size of a local file behind ``f``, or None for streams."""
+    try:
+        return os.fstat(f.fileno()).st_size
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return None
 
 
 def _skip(f, n: int, seekable: bool, url: str, what: str) -> None:
     if n <= 0:
         return
     if seekable:
+        end = _end_of(f)
+        if end is not None and f.tell() + n > end:  # seeking past the end would not say so
+            raise _truncated(url, what)
         f.seek(n, 1)
     else:
         while n > 0:
             b = f.read(min(n, 1 << 20))
             if not b:
-                raise UserError(f"{url}: truncated tar ({what})")
+                raise _truncated(url, what)
             n -= len(b)
 
 

@@ -64,17 +64,36 @@ def load_batch(data: bytes, where: str) -> dict:
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
 
 
+def _array(v, name: str, where: str) -> np.ndarray:
+    try:
+        return np.asarray(v)
+    except (ValueError, TypeError):  # ragged lists, objects numpy cannot stack
+        raise UserError(f"{where}: {name!r} is not an array or a flat list") from None
+
+
+_NOT_INTEGERS = {"U": "strings", "S": "bytes", "f": "floats", "c": "complex numbers", "b": "booleans", "O": "objects"}
+
+
+def _labels(v, n: int, where: str) -> np.ndarray:
+    """One integer label 0-9 per image. Strings, floats (NaN too), booleans and other objects
+    are refused, not converted: a float label would be truncated into a wrong class."""
+    y = _array(v, "labels", where)
+    if y.ndim != 1 or len(y) != n:
+        raise UserError(f"{where}: {len(y) if y.ndim == 1 else 'no flat list of'} labels for {n} images")
+    if n and y.dtype.kind not in "iu":
+        raise UserError(f"{where}: labels must be integers 0-9, found {_NOT_INTEGERS.get(y.dtype.kind, y.dtype.name)}")
+    if n and (y.min() < 0 or y.max() > 9):
+        raise UserError(f"{where}: labels must be 0-9, found {int(y.min())}..{int(y.max())}")
+    return y
+
+
 def _check_batch(b: dict, where: str) -> tuple[np.ndarray, np.ndarray]:
     if "data" not in b or "labels" not in b:
         raise UserError(f"{where}: batch lacks 'data' or 'labels' (keys: {sorted(map(str, b))})")
-    x = np.asarray(b["data"])
-    y = np.asarray(b["labels"])
+    x = _array(b["data"], "data", where)
     if x.dtype != np.uint8 or x.ndim != 2 or x.shape[1] != 3072:
         raise UserError(f"{where}: 'data' must be N x 3072 uint8, found {x.shape} {x.dtype}")
-    if y.ndim != 1 or len(y) != len(x):
-        raise UserError(f"{where}: {len(y)} labels for {len(x)} images")
-    if len(y) and (y.min() < 0 or y.max() > 9):
-        raise UserError(f"{where}: labels must be 0-9, found {int(y.min())}..{int(y.max())}")
+    y = _labels(b["labels"], len(x), where)
     # channel-major rows (R plane, G plane, B plane, each 32x32 row-major) -> N x 32 x 32 x 3
     return x.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), y.astype(np.int64)
 

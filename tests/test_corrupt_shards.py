@@ -122,6 +122,22 @@ def test_error_shard_that_ends_early_at_a_member_boundary(data):
     raises_one_line(lambda: list(eval_batches(data, batch_size=B)), str(p), "ends after 5 samples, 20 were counted")
 
 
+@pytest.mark.parametrize("field", list(C.HUGE_SIZES))
+@pytest.mark.parametrize("with_sha", [True, False])
+def test_error_member_claiming_a_huge_size(data, field, with_sha):
+    """A member header claiming more bytes than the file holds reads as a truncated or corrupt
+    shard, whether the sha256 pass or the reader meets it first; nothing that size is allocated."""
+    import json
+
+    C.claim_size(data, "test", 0, 2, C.HUGE_SIZES[field])
+    if not with_sha:
+        m = C.manifest(data)
+        del m["splits"]["test"]["shards"][0]["sha256"]
+        (data / "manifest.json").write_text(json.dumps(m))
+    raises_one_line(lambda: list(eval_batches(data, batch_size=B)), str(C.shard_path(data, "test", 0)),
+                    "truncated or corrupt tar")
+
+
 # ------------------------------------------------------------------------------------------ "skip"
 
 

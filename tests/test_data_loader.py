@@ -225,3 +225,38 @@ def test_truncated_shard_in_training(mnist_dir, tmp_path, workers):
     with pytest.raises(UserError) as e:  # found by the size check, before any batch is read
         _take(TrainStream(tmp_path / "raw", batch_size=10, seed=0, num_workers=workers), 30)
     assert "truncated" in str(e.value) and "shard-" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.fixture
+def empty_train(tmp_path):
+    """What prep writes when every train input is corrupt: a train split with no samples."""
+    from PIL import Image
+
+    from data_prep.folder import FolderSource
+
+    src = tmp_path / "photos"
+    (src / "train").mkdir(parents=True)
+    (src / "test").mkdir()
+    (src / "train" / "bad.png").write_bytes(b"\x89PNG not really")
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(src / "test" / "ok.png")
+    build(FolderSource(src, resolution=8, progress=False), tmp_path / "out", shard_size=10, max_corrupt=1,
+          progress=False)
+    return tmp_path / "out"
+
+
+@pytest.mark.parametrize("shards", ["empty shard", "no shard"])
+def test_empty_train_split_is_one_line(empty_train, shards):
+    """Training (with or without batches_per_epoch) and evaluation on a split without samples
+    stop at once with one line naming the manifest: no hang, no zero division, no IndexError."""
+    if shards == "no shard":
+        m = json.loads((empty_train / "manifest.json").read_text())
+        m["splits"]["train"]["shards"] = []
+        (empty_train / "manifest.json").write_text(json.dumps(m))
+    assert describe(empty_train).splits["train"] == 0
+    want = f"{empty_train / 'manifest.json'}: split 'train' has no samples"
+    for make in (lambda: TrainStream(empty_train, batch_size=4, seed=0),
+                 lambda: _take(TrainStream(empty_train, batch_size=4, seed=0, batches_per_epoch=2), 1),
+                 lambda: list(eval_batches(empty_train, split="train", batch_size=4))):
+        with pytest.raises(UserError) as e:
+            make()
+        assert str(e.value) == want

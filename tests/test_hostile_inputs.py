@@ -4,6 +4,8 @@ New commands and new input classes join the table."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from tests.conftest import run_cli
@@ -25,6 +27,36 @@ def _setup(tmp_path):
     (tmp_path / "data" / "train").mkdir()
     (tmp_path / "data" / "train" / "mine.tar").write_bytes(b"not prep's")
     (tmp_path / "deep.yaml").write_text("a: " + "[" * 1200 + "]" * 1200 + "\n")
+    for name, (total, counts, extra) in BAD_MANIFESTS.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(_manifest(total, counts, **extra))
+    for name, text in BAD_JSON.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(text)
+
+
+def _manifest(total, counts, **extra) -> str:
+    """A prep manifest of an MNIST-like train split, with counts (and fields) as given."""
+    shards = [{"name": f"train/shard-{i:06d}.tar", "count": c} for i, c in enumerate(counts)]
+    m = {"format": "dali-dist-shards", "format_version": 1, "dataset": "mnist", "kind": "image",
+         "resolution": 28, "channels": 1, "encoding": "png", "num_classes": 10,
+         "splits": {"train": {"count": total, "shards": shards}}, **extra}
+    return json.dumps(m)
+
+
+# manifests that are valid JSON with counts (or fields) that cannot be, and one whose train
+# split is empty: (split count, shard counts, other fields)
+BAD_MANIFESTS = {
+    "m-negative": (20, [-5, 25], {}),
+    "m-sum": (50, [20, 20], {}),
+    "m-type": ("40", [20, 20], {}),
+    "m-bool": (21, [20, True], {}),
+    "m-channels": (40, [20, 20], {"channels": True}),
+    "m-float": (40, [20.0, 20], {}),
+    "m-empty": (0, [], {}),
+}
+# manifests that Python's json module refuses with other errors than JSONDecodeError
+BAD_JSON = {"m-digits": '{"format": ' + "9" * 5000 + "}", "m-deep": "[" * 100000}
 
 
 CASES = {
@@ -55,6 +87,26 @@ CASES = {
     # option values Typer checks itself
     "option range": (["sample", "--run-dir", "r", "--num", "0", "--out", "s.npy"], "--num"),
     "unknown option": (["evaluate", "--nope"], "No such option"),
+    # data and prep (harden-data)
+    "verify negative count": (["prep", "verify", "m-negative", "--quiet"],
+                              "m-negative/manifest.json: split 'train': shard 'train/shard-000000.tar' has count -5"),
+    "verify counts do not add up": (["prep", "verify", "m-sum", "--quiet"],
+                                    "m-sum/manifest.json: split 'train': shard counts add up to 40, not 50"),
+    "verify count is a string": (["prep", "verify", "m-type", "--quiet"], "m-type/manifest.json: split 'train' needs 'count'"),
+    "verify count is a boolean": (["prep", "verify", "m-bool", "--quiet"],
+                                  "m-bool/manifest.json: split 'train': shard 'train/shard-000001.tar' has count True"),
+    "verify count is a float": (["prep", "verify", "m-float", "--quiet"], "m-float/manifest.json"),
+    "verify channels is a boolean": (["prep", "verify", "m-channels", "--quiet"], "m-channels/manifest.json: channels True"),
+    "verify 5000-digit number": (["prep", "verify", "m-digits", "--quiet"], "m-digits/manifest.json: not valid JSON"),
+    "verify deeply nested manifest": (["prep", "verify", "m-deep", "--quiet"], "m-deep/manifest.json: not valid JSON"),
+    "train negative count": (["train", "--config", "mnist", "--data", "m-negative", "--run-dir", "r"],
+                             "m-negative/manifest.json: split 'train': shard 'train/shard-000000.tar' has count -5", "r"),
+    "train counts do not add up": (["train", "--config", "mnist", "--data", "m-sum", "--run-dir", "r"],
+                                   "m-sum/manifest.json: split 'train': shard counts add up", "r"),
+    "train on an empty split": (["train", "--config", "mnist", "--data", "m-empty", "--run-dir", "r"],
+                                "m-empty/manifest.json: split 'train' has no samples", "r"),
+    "classifier count is a boolean": (["train-classifier", "--data", "m-bool", "--out", "c.safetensors"],
+                                      "m-bool/manifest.json", "c.safetensors"),
 }
 
 

@@ -19,6 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 import _archives as A  # noqa: E402
+import _corrupt as C  # noqa: E402
 
 from dali_dist.cli_util import exits_cleanly  # noqa: E402
 from data_prep.cli import prep_app  # noqa: E402
@@ -110,6 +111,30 @@ def test_cifar_bad_pickles(tmp_path, capsys, payload):
     msg = prep(capsys, "cifar10", "--source", folder, "--out", tmp_path / "out")
     assert "data_batch_3" in msg
     assert not Path("/tmp/dali-dist-pwned").exists()
+
+
+@pytest.mark.parametrize("labels, expect", [
+    (["3", "4"], "found strings"),
+    ([b"3", b"4"], "found bytes"),
+    ([0.0, 1.5], "found floats"),
+    ([float("nan"), 0], "found floats"),
+    (np.array([0.5, 1.0]), "found floats"),
+    ([True, False], "found booleans"),
+    ([10 ** 30, 0], "found objects"),
+    ([0, 10], "labels must be 0-9, found 0..10"),
+    ([-1, 0], "labels must be 0-9, found -1..0"),
+    ([0], "1 labels for 2 images"),
+    ([0, 1, 2], "3 labels for 2 images"),
+    ([[0], [1, 2]], "'labels' is not an array or a flat list"),
+    (None, "no flat list of labels for 2 images"),
+])
+def test_cifar_bad_labels(tmp_path, capsys, labels, expect):
+    folder = A.make_cifar(tmp_path / "dl", A.cifar_arrays(per_batch=2, n_test=2), as_archive=False)
+    blob = pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": labels}, protocol=2)
+    (folder / "data_batch_3").write_bytes(blob)
+    msg = prep(capsys, "cifar10", "--source", folder, "--out", tmp_path / "out")
+    assert "data_batch_3" in msg and expect in msg, msg
+    no_finished_output(tmp_path / "out")
 
 
 # ------------------------------------------------------------------------------------------ CelebA
@@ -236,6 +261,51 @@ def test_folder_corrupt_images_threshold(tmp_path, capsys):
 def test_verify_without_manifest(tmp_path, capsys):
     msg = prep(capsys, "verify", tmp_path)
     assert "manifest.json" in msg
+
+
+@pytest.fixture(scope="module")
+def clean_shards(tmp_path_factory):
+    """40 train / 20 test MNIST-like images in PNG shards of 20."""
+    from data_prep.mnist import MnistSource
+    from data_prep.shards import build
+
+    root = tmp_path_factory.mktemp("verify")
+    A.make_mnist(root / "dl", n_train=40, n_test=20, gz=False)
+    build(MnistSource(root / "dl"), root / "png", shard_size=20, encoding="png", progress=False)
+    return root / "png"
+
+
+@pytest.fixture
+def shards(clean_shards, tmp_path):
+    return C.copy(clean_shards, tmp_path / "png")
+
+
+@pytest.mark.parametrize("field", list(C.HUGE_SIZES))
+def test_verify_member_claiming_a_huge_size(shards, capsys, field):
+    """The shard's sha256 matches the manifest; one member's header claims more bytes than the
+    file holds (up to 10**20, GNU base-256): nothing that size is read or allocated."""
+    C.claim_size(shards, "train", 0, 2, C.HUGE_SIZES[field])
+    msg = prep(capsys, "verify", shards, "--quiet")
+    assert "train/shard-000000.tar" in msg and "truncated or corrupt tar" in msg, msg
+
+
+@pytest.mark.parametrize("field, value, expect", [
+    ("resolution", 32, "is 28x28, expected 32x32"),
+    ("channels", 3, "has 1 channel(s), the manifest says 3"),
+    ("encoding", "raw", "is .png, the manifest says raw"),
+    ("num_classes", 1, "outside the manifest's 1 classes"),
+    ("num_classes", None, "the manifest says the data has no labels"),
+])
+def test_verify_decodes_against_the_manifest(shards, capsys, field, value, expect):
+    """Shards that match their sizes, checksums and counts, and a manifest that describes them
+    wrongly: verify decodes the samples and names the first shard that differs."""
+    import json
+
+    m = C.manifest(shards)
+    m[field] = value
+    (shards / "manifest.json").write_text(json.dumps(m))
+    msg = prep(capsys, "verify", shards, "--quiet")
+    assert "shard-000000.tar: sample" in msg and expect in msg, msg
 
 
 def test_subprocess_exit_code_and_one_line(tmp_path):
