@@ -378,7 +378,7 @@ dali_smoke() {
       --out "$RUN_DIR/smoke-metrics.json" || dali_die "SMOKE FAILED: evaluation failed" 1
   else
     dali_log "SMOKE: part 3/3: no metric for $DATASET in this version: generate $num samples instead"
-    "${evaluate[@]}" -m dali_dist.cli sample --run-dir "$RUN_DIR" --num "$num" --out "$RUN_DIR/smoke-samples.npy" \
+    "${evaluate[@]}" -m dali_dist.cli sample --run-dir "$RUN_DIR" --num "$num" --out "$RUN_DIR/smoke-samples.npy" --overwrite \
       || dali_die "SMOKE FAILED: sampling failed" 1
   fi
   dali_log "SMOKE OK: $DALI_WORLD_SIZE process(es) on $DALI_NNODES node(s) trained, stopped, resumed and were evaluated; run dir $RUN_DIR"
