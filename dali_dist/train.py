@@ -196,7 +196,8 @@ def write_samples(run_dir: Path, step: int, G, z_fixed: torch.Tensor, is_2d: boo
     G.train(was_training)
     if is_2d:
         path = run_dir / "images" / f"samples-{step:07d}.png"
-        scatter_png(x.float().cpu().numpy(), path, grid_means().numpy())
+        scatter_png(x.float().cpu().numpy(), path, grid_means().numpy(),
+                    title=f"{len(x)} generated samples at step {step:,}")
     else:
         path = run_dir / "images" / f"samples-{step:07d}.png"
         image_grid_png(to_uint8_images(x), path)
