@@ -202,7 +202,7 @@ class TrackingConfig:
     """Tracking URI; None means MLFLOW_TRACKING_URI, else sqlite at <parent of RUN_DIR>/mlflow.db.
     SQLite on a shared file system is unsafe for concurrent jobs: use a server on clusters."""
     experiment: Optional[str] = None
-    """MLflow experiment; None means the dataset name."""
+    """MLflow experiment; None means the dataset as the shards' manifest names it."""
 
 
 @dataclass

@@ -217,8 +217,10 @@ def start_run_tracking(cfg: Config, run_dir: Path, world: int, per_rank: int, da
         "global_batch_size": cfg.train.batch_size, "per_device_batch_size": per_rank, "world_size": world,
         "lr_rule": LR_RULE,
     })
+    # the dataset as its manifest names it (fashion-mnist, not the loader format mnist)
+    dataset = data_info.dataset if data_info is not None and data_info.dataset else cfg.data.dataset
     tags = {
-        "variant": cfg.model.variant, "dataset": cfg.data.dataset, "world_size": str(world),
+        "variant": cfg.model.variant, "dataset": dataset, "data_format": cfg.data.dataset, "world_size": str(world),
         "run_dir": str(run_dir.resolve()), "torch_version": torch.__version__,
         "accelerate_version": accelerate.__version__, "dali_dist_version": __version__,
         "python_version": platform.python_version(),
@@ -231,9 +233,19 @@ def start_run_tracking(cfg: Config, run_dir: Path, world: int, per_rank: int, da
     if os.environ.get("SLURM_JOB_ID"):
         tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
     return start_tracking(
-        run_dir, uri=cfg.tracking.uri, experiment=cfg.tracking.experiment or cfg.data.dataset,
-        run_name=cfg.name, params=params, tags=tags,
+        run_dir, uri=cfg.tracking.uri, experiment=cfg.tracking.experiment or dataset,
+        run_name=run_name(cfg, run_dir), params=params, tags=tags,
     )
+
+
+def run_name(cfg: Config, run_dir: Path) -> str:
+    """<config name>-<variant>-<6 hex of the run directory>: two runs of one preset differ in the
+    UI and in `runs compare`, and a resumed run keeps its name."""
+    import hashlib
+
+    short = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:6]
+    parts = [cfg.name] if cfg.name == cfg.model.variant else [cfg.name, cfg.model.variant]
+    return "-".join([*parts, short])
 
 
 def use_sync_batchnorm(accelerator, *modules) -> None:

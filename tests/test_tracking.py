@@ -1,6 +1,7 @@
 """MLflow tracking: local SQLite default, params once, metrics with steps, images, resume into
 the same run, and a clear error for a tracking server that does not answer."""
 
+import re
 import socket
 import time
 
@@ -73,6 +74,9 @@ def test_runs_compare_lists_runs_with_metrics(tmp_path, tiny_grid_cfg):
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0].split() == ["run", "variant", "dataset", "status", "step", "loss_d"]
-    assert lines[1].split()[:5] == ["first", "dali", "grid2d", "FINISHED", "5"]
+    name, *rest = lines[1].split()[:5]
+    assert rest == ["dali", "grid2d", "FINISHED", "5"]
+    # <config name>-<variant>-<6 hex of the run dir>: runs of one preset tell apart
+    assert re.fullmatch(r"first-dali-[0-9a-f]{6}", name), name
     r = run_cli("runs", "compare", "--experiment", "nope", cwd=tmp_path)
     assert r.returncode == 2 and "not found" in r.stderr
