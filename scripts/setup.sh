@@ -24,18 +24,21 @@ if [ ! -x "$VENV/bin/python" ]; then
     "$PYTHON" -m venv "$VENV"
   fi
 fi
-PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
-  echo "setup: no torch found; installing $TORCH_SPEC"
+  echo "setup: no torch found; installing $TORCH_SPEC (the largest step: pip shows its progress)"
+  echo "setup: for the CPU-only build (about 1 GB instead of several), run with"
+  echo "setup:   TORCH_SPEC='--index-url https://download.pytorch.org/whl/cpu torch torchvision'"
   # shellcheck disable=SC2086  # TORCH_SPEC may name several requirements (torch torchvision)
-  "${PIP[@]}" install $TORCH_SPEC
+  "$VENV/bin/python" -m pip --disable-pip-version-check install --progress-bar on $TORCH_SPEC
 fi
 TORCH_VERSION=$("$VENV/bin/python" -c "import torch; print(torch.__version__)")
 CONSTRAINT="$VENV/torch-constraint.txt"
 # Without the local label (+cu130, +cpu): '==2.14.1' still matches the installed build, and
 # a '<=' cap elsewhere does not treat '2.14.1+cu130' as newer than 2.14.1.
 echo "torch==${TORCH_VERSION%%+*}" > "$CONSTRAINT"
-echo "setup: torch $TORCH_VERSION (pinned); installing dali-dist[$EXTRAS]"
-"${PIP[@]}" install -c "$CONSTRAINT" -e ".[$EXTRAS]"
+echo "setup: torch $TORCH_VERSION (pinned); installing dali-dist[$EXTRAS] and its dependencies (accelerate, mlflow, webdataset, ...)"
+"$VENV/bin/python" -m pip --disable-pip-version-check install --progress-bar on -c "$CONSTRAINT" -e ".[$EXTRAS]" \
+  | grep -E --line-buffered "^(Collecting|Successfully installed|ERROR)" || true
+"$VENV/bin/python" -c "import dali_dist" || { echo "setup: dali-dist did not install" >&2; exit 1; }
 echo "setup: done; activate with: source $VENV/bin/activate"

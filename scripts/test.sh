@@ -7,12 +7,22 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests use: real Fashion-MNIST (idx format) for the real-data tests, and
 # a real Slurm (munge, slurmctld, slurmd, client) plus shellcheck for the sbatch-script tests.
-APT_PACKAGES="dataset-fashion-mnist slurmctld slurmd slurm-client munge shellcheck"
-if command -v apt-get >/dev/null 2>&1 && { [ ! -d /usr/share/datasets/fashion-mnist ] || ! command -v slurmctld >/dev/null; }; then
+# Each is installed when its own marker is missing (not only when two of them are), so a
+# machine with Slurm but no shellcheck still gets shellcheck.
+need() { [ -e "$2" ] || command -v "$2" >/dev/null 2>&1 || MISSING="$MISSING $1"; }
+MISSING=""
+need dataset-fashion-mnist /usr/share/datasets/fashion-mnist
+need slurmctld slurmctld
+need slurmd slurmd
+need slurm-client sbatch
+need munge munged
+need shellcheck shellcheck
+if [ -n "$MISSING" ] && command -v apt-get >/dev/null 2>&1; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && SUDO="sudo -n"
+  echo "test: installing Debian packages:$MISSING"
   # shellcheck disable=SC2086
-  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $APT_PACKAGES >/dev/null; } \
-    || echo "test: could not install $APT_PACKAGES; the tests that need them will be skipped"
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $MISSING >/dev/null; } \
+    || echo "test: could not install$MISSING; the tests that need them will be skipped"
 fi
 
 # The eval extra (clean-fid) runs the FID tests against clean-fid itself; the deepspeed
