@@ -314,7 +314,8 @@ def next_steps(cfg: Config, run_dir: Path, exit_code: int) -> str:
              f"  dali-dist sample --run-dir {rd} --num 64 --out {rd}/samples/"]
     if cfg.tracking.enabled:
         uri, _ = resolve_uri(cfg.tracking.uri, run_dir)
-        lines.append(f"  mlflow ui --backend-store-uri {redact(uri)}")
+        lines.append(f"  mlflow ui --backend-store-uri {redact(uri)}"
+                     "   (MLflow 3: the runs are under the 'Model training' view)")
     return "\n".join(lines)
 
 

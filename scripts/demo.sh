@@ -11,5 +11,15 @@ DALI=.venv/bin/dali-dist
 if [ -d "$RUN_DIR/checkpoints" ]; then RESUME=(--resume auto); else RESUME=(); fi
 $DALI train --config grid2d --run-dir "$RUN_DIR" "${RESUME[@]}" "$@"
 $DALI evaluate --run-dir "$RUN_DIR" --metrics modes --out "$RUN_DIR/metrics.json"
-$DALI sample --run-dir "$RUN_DIR" --num 2500 --out "$RUN_DIR/samples.npy"
-echo "demo: metrics in $RUN_DIR/metrics.json, sample scatter plots in $RUN_DIR/images/"
+# the run dir is the demo's own: a rerun replaces its samples (.npy carries no ownership mark)
+$DALI sample --run-dir "$RUN_DIR" --num 2500 --out "$RUN_DIR/samples.npy" --overwrite
+STORE=$(cd "$(dirname "$RUN_DIR")" && pwd)/mlflow.db
+cat <<EOT
+demo: done
+  metrics:        $RUN_DIR/metrics.json
+  scatter plots:  $RUN_DIR/images/samples-<step>.png (blue: samples; red crosses: the 25 true modes)
+  samples:        $RUN_DIR/samples.npy
+  look at the run in MLflow (then open http://127.0.0.1:5000, experiment "grid2d";
+  MLflow 3 opens in GenAI mode: switch to the "Model training" view to see the runs):
+    .venv/bin/mlflow ui --backend-store-uri sqlite:///$STORE
+EOT
