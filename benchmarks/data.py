@@ -37,7 +37,8 @@ sys.path.insert(0, str(REPO))
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dali_dist.data import TrainStream, _decode_batch, iter_shard_samples  # noqa: E402
+from dali_dist.data import TrainStream, decode_batch  # noqa: E402
+from dali_dist.shard_reader import iter_shard_samples  # noqa: E402
 from data_prep.celeba import CelebASource  # noqa: E402
 from data_prep.cifar10 import Cifar10Source  # noqa: E402
 from data_prep.folder import FolderSource  # noqa: E402
@@ -188,7 +189,7 @@ def decode_rate(shard_dir: Path, shape: tuple, n_images: int, batch: int = 100) 
     for _ in range(3):
         t = time.perf_counter()
         for i in range(0, len(recs), batch):
-            _decode_batch(recs[i:i + batch], shape, "bench")
+            decode_batch(recs[i:i + batch], shape, "bench")
         best = max(best, len(recs) / (time.perf_counter() - t))
     torch.set_num_threads(threads)
     return best

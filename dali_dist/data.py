@@ -46,7 +46,6 @@ labels as int64 (``-1`` where the source has none).
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import random
@@ -62,11 +61,10 @@ import torch
 from .corrupt import Bad, CorruptLog, check_policy
 from .errors import UserError
 from .manifest import MANIFEST_NAME, read_manifest
-from .shard_reader import (  # noqa: F401 - iter_shard_samples, _records: used by data_prep and benchmarks
-    _image_member, _is_local, _local_path, _records, _shard_part, check_shard, iter_shard_samples,
-)
+from .seeding import derive_seed
+from .shard_reader import check_shard, image_member, is_local, iter_shard_samples, local_path, read_records, shard_part
 
-__all__ = ["DatasetInfo", "TrainStream", "check_shard", "describe", "eval_batches", "read_manifest", "iter_shard_samples"]
+__all__ = ["DatasetInfo", "TrainStream", "describe", "eval_batches", "decode_batch", "decode_image", "read_manifest"]
 
 DEFAULT_SHUFFLE_BUFFER = 2000
 _PNM = re.compile(rb"P([56])\s+(\d+)\s+(\d+)\s+(\d+)\s")
@@ -143,8 +141,8 @@ def describe(source, split: str = "train", on_corrupt: str = "error") -> Dataset
     With ``on_corrupt="skip"``, shards of a pattern that are missing or cannot be counted are
     left out and listed in ``unreadable``."""
     src = os.fspath(source)
-    p = Path(_local_path(src))
-    if _is_local(src) and (p.is_dir() or p.name == MANIFEST_NAME):
+    p = Path(local_path(src))
+    if is_local(src) and (p.is_dir() or p.name == MANIFEST_NAME):
         return _from_manifest(p.parent if p.name == MANIFEST_NAME else p)
     urls = _expand(src.replace("{split}", split))
     if not urls:
@@ -158,19 +156,19 @@ def describe(source, split: str = "train", on_corrupt: str = "error") -> Dataset
 
     # A local pattern over shards that a manifest describes (DIR/<split>/shard-*.tar) borrows
     # the manifest's counts and shape, so no counting pass is needed.
-    if all(_is_local(u) for u in urls):
+    if all(is_local(u) for u in urls):
         for u in list(urls):
-            if not Path(_local_path(u)).is_file():
+            if not Path(local_path(u)).is_file():
                 drop(u, f"{u}: no such shard")
                 urls.remove(u)
         if not urls:
             raise UserError(f"{src}: none of the shards exists")
-        root = Path(_local_path(urls[0])).resolve().parent.parent
+        root = Path(local_path(urls[0])).resolve().parent.parent
         if (root / MANIFEST_NAME).is_file():
             info = _from_manifest(root)
             known = {str(Path(u).resolve()): (c, h, z) for s in info.shards for u, c, h, z in
                      zip(info.shards[s], info.shard_counts[s], info.shard_sha256[s], info.shard_sizes[s])}
-            hits = [known.get(str(Path(_local_path(u)).resolve())) for u in urls]
+            hits = [known.get(str(Path(local_path(u)).resolve())) for u in urls]
             if all(hits):
                 counts = [c for c, _, _ in hits]
                 return DatasetInfo(
@@ -196,7 +194,7 @@ def describe(source, split: str = "train", on_corrupt: str = "error") -> Dataset
     counts = []
     for u in list(urls):
         try:
-            counts.append(sum(1 for _ in _records(u, kind, lenient=on_corrupt == "skip")))
+            counts.append(sum(1 for _ in read_records(u, kind, lenient=on_corrupt == "skip")))
         except UserError as exc:
             drop(u, str(exc))
             urls.remove(u)
@@ -212,8 +210,8 @@ def _probe(url: str) -> tuple[str, str, Optional[int], Optional[int]]:
     for s in iter_shard_samples(url):
         if "xy.npy" in s:
             return "points", "npy", None, None
-        ext, data = _image_member(s, url)
-        arr = _decode_one(ext, data, url, s["__key__"])
+        ext, data = image_member(s, url)
+        arr = decode_image(ext, data, url, s["__key__"])
         h, w, c = arr.shape
         if h != w:
             raise UserError(f"{url}: images must be square, sample {s['__key__']} is {w}x{h}")
@@ -226,7 +224,7 @@ def _probe(url: str) -> tuple[str, str, Optional[int], Optional[int]]:
 # --------------------------------------------------------------------------------------------
 
 
-def _decode_one(ext: str, data: bytes, url: str, key: str, expect: Optional[tuple] = None) -> np.ndarray:
+def decode_image(ext: str, data: bytes, url: str, key: str, expect: Optional[tuple] = None) -> np.ndarray:
     """One image as uint8 (H, W, C). ``expect`` (h, w): refuse other sizes before decoding, so
     a header claiming absurd dimensions never allocates them."""
     if ext in ("ppm", "pgm", "pnm"):
@@ -258,7 +256,7 @@ def _decode_one(ext: str, data: bytes, url: str, key: str, expect: Optional[tupl
     return arr[:, :, None] if arr.ndim == 2 else arr
 
 
-def _decode_batch(recs: list, shape: tuple, url: str, bad: Optional[list] = None, urls: Optional[list] = None) -> np.ndarray:
+def decode_batch(recs: list, shape: tuple, url: str, bad: Optional[list] = None, urls: Optional[list] = None) -> np.ndarray:
     """uint8 (N, C, H, W) from image records; the fast path for PGM/PPM is one frombuffer each.
     With ``bad`` (a list), failures are appended as (index, Bad) and leave zeros; else raised.
     ``urls``: the shard of each record, for messages (default: ``url``)."""
@@ -276,7 +274,7 @@ def _decode_batch(recs: list, shape: tuple, url: str, bad: Optional[list] = None
                 if data[hdr - 4: hdr] == b"255\n" or data[hdr - 4: hdr] == b"255 ":
                     out[i] = np.frombuffer(data, np.uint8, count=need, offset=hdr).reshape(h, w, c)
                     continue
-            arr = _decode_one(ext, data, where, key, expect=(h, w))
+            arr = decode_image(ext, data, where, key, expect=(h, w))
             if arr.shape[2] != c:
                 arr = np.repeat(arr, 3, axis=2) if c == 3 and arr.shape[2] == 1 else np.asarray(_to_grey(arr))
             out[i] = arr
@@ -307,7 +305,7 @@ def _assemble(batch: list, kind: str, shape: tuple, bad: Optional[list] = None):
             else:
                 x[i] = payload
     else:
-        x = _decode_batch(recs, shape, batch[0][0], bad, [u for u, _ in batch])
+        x = decode_batch(recs, shape, batch[0][0], bad, [u for u, _ in batch])
     return x, [r[2] for r in recs], [r[0] for r in recs]
 
 
@@ -351,10 +349,6 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def derive_seed(*parts) -> int:
-    return int.from_bytes(hashlib.blake2b(repr(parts).encode(), digest_size=8).digest(), "little") >> 1
-
-
 def _region(n: int, parts: int, i: int) -> tuple[int, int]:
     return i * n // parts, (i + 1) * n // parts
 
@@ -366,7 +360,7 @@ def _read_range(shards: list, start: int, stop: int, kind: str, lenient: bool = 
     for url, count, sha in shards:
         lo, hi = max(start, pos), min(stop, pos + count)
         if lo < hi:
-            yield from ((url, r) for r in _shard_part(url, kind, count, sha, lo - pos, hi - lo, lenient))
+            yield from ((url, r) for r in shard_part(url, kind, count, sha, lo - pos, hi - lo, lenient))
         pos += count
         if pos >= stop:
             return
@@ -392,7 +386,7 @@ def _usable_shards(info: DatasetInfo, split: str, on_corrupt: str, log: CorruptL
         log.add(url, "*", problem)  # a shard that could not even be counted: counted as 1
     out = []
     for url, count, sha, size in zip(urls, counts, shas, sizes):
-        if _is_local(url) and (sha is not None or size is not None):
+        if is_local(url) and (sha is not None or size is not None):
             problem = check_shard(url, info.kind, count, sha, size, full=on_corrupt == "skip")
             if problem:
                 if on_corrupt != "skip":

@@ -21,18 +21,18 @@ _BLOCK = 512
 _IMAGE_EXTS = ("ppm", "pgm", "pnm", "png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff", "gif")
 
 
-def _is_local(url: str) -> bool:
+def is_local(url: str) -> bool:
     return "://" not in url and not url.startswith("pipe:")
 
 
-def _local_path(url: str) -> str:
+def local_path(url: str) -> str:
     return url[5:] if url.startswith("file:") and not url.startswith("file://") else (
         url[7:] if url.startswith("file://") else url)
 
 
 def _open(url: str):
-    if _is_local(url):
-        path = _local_path(url)
+    if is_local(url):
+        path = local_path(url)
         try:
             return open(path, "rb", buffering=1 << 20)
         except OSError as exc:
@@ -204,14 +204,14 @@ def _label(sample: dict, url: str) -> int:
         raise UserError(f"{url}: sample {sample['__key__']}: label {v[:20]!r} is not an integer") from None
 
 
-def _image_member(sample: dict, url: str) -> tuple[str, bytes]:
+def image_member(sample: dict, url: str) -> tuple[str, bytes]:
     for ext in _IMAGE_EXTS:
         if ext in sample:
             return ext, sample[ext]
     raise UserError(f"{url}: sample {sample['__key__']} has no image ({sorted(k for k in sample if k != '__key__')})")
 
 
-def _records(url: str, kind: str, skip: int = 0, limit: Optional[int] = None, lenient: bool = False):
+def read_records(url: str, kind: str, skip: int = 0, limit: Optional[int] = None, lenient: bool = False):
     """Records (key, payload, label) of one shard: payload is (ext, bytes) for images, a
     float32 (2,) array for points. Skips ``skip`` records first, stops after ``limit``.
     ``lenient``: a sample without a usable image or label comes as a ``Bad`` payload."""
@@ -221,7 +221,7 @@ def _records(url: str, kind: str, skip: int = 0, limit: Optional[int] = None, le
     if kind == "image":
         for s in iter_shard_samples(url, skip_keys=skip):
             try:
-                rec = s["__key__"], _image_member(s, url), _label(s, url)
+                rec = s["__key__"], image_member(s, url), _label(s, url)
             except UserError as exc:
                 if not lenient:
                     raise
@@ -271,7 +271,7 @@ def check_shard(url: str, kind: str, count: int, sha256: Optional[str] = None, s
     """The problem with a local shard (missing, size, sha256 or sample count differing from the
     manifest), as one line naming it, or None. ``full=False`` only looks at the file's size.
     The full check is one sequential pass; its answer is remembered by this process."""
-    path = _local_path(url)
+    path = local_path(url)
     try:
         st = os.stat(path)
     except OSError as exc:
@@ -314,18 +314,18 @@ def _full_check(path: str, kind: str, count: int, sha256: Optional[str]) -> Opti
     return None
 
 
-def _shard_part(url: str, kind: str, count: int, sha256: Optional[str], skip: int, limit: int, lenient: bool):
+def shard_part(url: str, kind: str, count: int, sha256: Optional[str], skip: int, limit: int, lenient: bool):
     """Records [skip, skip + limit) of one shard. A shard that fails its check, breaks off or
     ends early raises, or (``lenient``) gives ``Bad`` placeholders for the positions it could
     not give, so that every later position stays where it was (equal batch counts on every
     rank, exact resume)."""
     n = 0
     try:
-        if sha256 is not None and _is_local(url):
+        if sha256 is not None and is_local(url):
             problem = check_shard(url, kind, count, sha256)
             if problem:
                 raise UserError(problem)
-        for rec in _records(url, kind, skip, limit, lenient):
+        for rec in read_records(url, kind, skip, limit, lenient):
             yield rec
             n += 1
         if n < limit:

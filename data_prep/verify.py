@@ -59,10 +59,10 @@ def verify(root, quick: bool = False, progress: bool = True) -> dict:
 def _check_records(url: str, m: dict) -> int:
     """The number of samples in a shard, each checked against the manifest's description
     (image file type, resolution and channels, label range); raises at the first that differs."""
-    from dali_dist.data import _records
+    from dali_dist.shard_reader import read_records
 
     n = 0
-    for key, payload, label in _records(url, m["kind"]):
+    for key, payload, label in read_records(url, m["kind"]):
         if m["kind"] == "image":
             _check_image(url, key, payload, m)
         _check_label(url, key, label, m.get("num_classes"))
@@ -71,7 +71,7 @@ def _check_records(url: str, m: dict) -> int:
 
 
 def _check_image(url: str, key: str, payload: tuple, m: dict) -> None:
-    from dali_dist.data import _decode_one
+    from dali_dist.data import decode_image
 
     ext, data = payload
     want = "png" if m["encoding"] == "png" else ("pgm" if m["channels"] == 1 else "ppm")
@@ -79,7 +79,7 @@ def _check_image(url: str, key: str, payload: tuple, m: dict) -> None:
         raise UserError(f"{url}: sample {key} is .{ext}, the manifest says {m['encoding']} with "
                         f"{m['channels']} channel(s) (.{want})")
     res = m["resolution"]
-    arr = _decode_one(ext, data, url, key, expect=(res, res))  # refuses other sizes before decoding
+    arr = decode_image(ext, data, url, key, expect=(res, res))  # refuses other sizes before decoding
     if arr.shape[2] != m["channels"]:
         raise UserError(f"{url}: sample {key} has {arr.shape[2]} channel(s), the manifest says {m['channels']}")
 

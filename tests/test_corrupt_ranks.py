@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import _archives as A  # noqa: E402
 import _corrupt as C  # noqa: E402
 
-from dali_dist.data import derive_seed  # noqa: E402
+from dali_dist.seeding import derive_seed  # noqa: E402
 from data_prep.mnist import MnistSource  # noqa: E402
 from data_prep.shards import build  # noqa: E402
 from tests.conftest import REPO  # noqa: E402
