@@ -233,11 +233,26 @@ def load_train_state(ckpt: Path) -> TrainState:
         state = TrainState(**raw)
     except (OSError, ValueError, TypeError) as exc:
         raise UserError(f"{file}: invalid train state ({exc})") from None
-    for name, kinds in (("step", int), ("batches_consumed", int), ("elapsed_s", (int, float))):
+    for name, kinds in (("step", int), ("batches_consumed", int), ("elapsed_s", (int, float)), ("world_size", int)):
         v = getattr(state, name)
-        if isinstance(v, bool) or not isinstance(v, kinds) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, kinds) or not 0 <= v < float("inf"):
             raise UserError(f"{file}: invalid train state ({name} is {v!r}, expected a number >= 0)")
+    _check_phases(state.phases, file)
     return state
+
+
+def _check_phases(phases, file: Path) -> None:
+    """phases: {name: {scale, good_steps, skipped}} as precision.py writes it; anything else
+    would fail at the first step, far from the file."""
+    if not isinstance(phases, dict):
+        raise UserError(f"{file}: invalid train state (phases is {phases!r:.60}, expected a mapping)")
+    for name, phase in phases.items():
+        if not isinstance(phase, dict):
+            raise UserError(f"{file}: invalid train state (phases.{name} is {phase!r:.60}, expected a mapping)")
+        for key, v in phase.items():
+            ok = not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v < float("inf")
+            if not ok or (key == "scale" and v == 0):
+                raise UserError(f"{file}: invalid train state (phases.{name}.{key} is {v!r:.60}, expected a number >= 0)")
 
 
 def load_checkpoint(

@@ -22,7 +22,6 @@ from typing import Optional
 
 import torch
 import typer
-import yaml
 from tqdm import tqdm
 
 from . import __version__
@@ -32,7 +31,7 @@ from .checkpoint import (
     TrainState, complete_checkpoints, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint,
 )
 from .cli_util import exits_cleanly
-from .config import Config, dump_yaml, load_config
+from .config import Config, dump_yaml, load_config, read_saved_config
 from .distributed import (
     any_rank, autocast_factory, check_world_size, make_accelerator, per_rank_batch, phase_updates, replicas_agree,
 )
@@ -143,7 +142,7 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resuming: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.yaml"
     if resuming and saved.exists():
-        before = _flatten(yaml.safe_load(saved.read_text()) or {})
+        before = _flatten(read_saved_config(saved))
         after = _flatten(cfg.to_dict())
         changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
         refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
