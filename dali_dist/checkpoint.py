@@ -280,7 +280,22 @@ def load_checkpoint(
         except Exception as exc:  # noqa: BLE001 - ValueError, KeyError, TypeError for a foreign state
             raise UserError(f"{file}: optimizer state does not fit this model ({type(exc).__name__}: "
                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+        _check_optimizer_shapes(opt, file)
     return load_train_state(ckpt)
+
+
+def _check_optimizer_shapes(opt: torch.optim.Optimizer, file: Path) -> None:
+    """Every state tensor must have its parameter's shape (the scalar step counter aside):
+    load_state_dict checks only the number of parameters, and a wrong shape would surface as a
+    broadcast error at the first training step, or not at all."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    for i, p in enumerate(params):
+        for key, v in opt.state.get(p, {}).items():
+            if not isinstance(v, torch.Tensor) or (key == "step" and v.dim() == 0):
+                continue
+            if tuple(v.shape) != tuple(p.shape):
+                raise UserError(f"{file}: optimizer state does not fit this model (parameter {i}: {key} is "
+                                f"{tuple(v.shape)}, the parameter is {tuple(p.shape)}); a checkpoint of another config?")
 
 
 @dataclass

@@ -189,6 +189,19 @@ def test_optimizer_state_of_another_model(grid_copy, mnist_ckpt, capsys):
     assert str(f) in msg and "does not fit" in msg
 
 
+@pytest.mark.parametrize("name,key,shape", [("d", "exp_avg", (3, 2)), ("ge", "exp_avg_sq", (7,)), ("d", "exp_avg", ())])
+def test_optimizer_state_with_wrong_shapes(grid_copy, capsys, name, key, shape):
+    """Same number of parameters, one moment of the wrong shape: refused on load, naming the
+    file, not at the first step (or never, where it would broadcast)."""
+    f = grid_copy / f"checkpoints/step-4/optim_{name}.pt"
+    sd = torch.load(f, weights_only=True)
+    sd["state"][1][key] = torch.zeros(shape)
+    torch.save(sd, f)
+    msg = cli(capsys, *train_args(grid_copy, "--resume", "auto", "--set", "train.steps=6"))
+    assert str(f) in msg and "does not fit" in msg and f"{key} is {shape}" in msg
+    assert not (grid_copy / "checkpoints/step-6").exists()
+
+
 def test_truncated_training_weights(grid_copy, capsys):
     f = grid_copy / "checkpoints/step-4/E.safetensors"
     f.write_bytes(f.read_bytes()[:50])
