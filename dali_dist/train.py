@@ -43,7 +43,7 @@ from .precision import make_adam
 from .schedule import lr_factor, ramp_factor
 from .seeding import derive_seed, latent, reseed_step_generators
 from .threads import configure_threads
-from .tracking import NullTracker, git_info, start_tracking, system_metrics
+from .tracking import NullTracker, check_store, git_info, start_tracking, system_metrics
 from .visualize import image_grid_png, scatter_png, to_uint8_images
 from .watchdog import RankWatchdog
 
@@ -318,6 +318,8 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     if resume is None and any((run_dir / "checkpoints").glob("step-*")):
         raise UserError(f"{run_dir}: already holds checkpoints; pass --resume auto to continue or choose a new --run-dir")
     if accelerator.is_main_process:
+        if cfg.tracking.enabled:  # a bad or silent store is refused before config.yaml is rewritten
+            check_store(cfg.tracking.uri, run_dir)
         prepare_run_dir(run_dir, cfg, resuming=ckpt is not None)
     accelerator.wait_for_everyone()
 

@@ -13,6 +13,8 @@ pytestmark = pytest.mark.timeout(120)
 TINY = ["--config", "grid2d", "--set", "train.steps=2", "--set", "tracking.enabled=false",
         "--set", "train.sample_every=0"]
 
+TRACK = [*TINY, "--set", "tracking.enabled=true"]
+
 
 def _snapshot(root):
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() else "dir") for p in sorted(root.rglob("*"))}
@@ -25,6 +27,14 @@ def _setup(tmp_path):
     (tmp_path / "data" / "train").mkdir()
     (tmp_path / "data" / "train" / "mine.tar").write_bytes(b"not prep's")
     (tmp_path / "deep.yaml").write_text("a: " + "[" * 1200 + "]" * 1200 + "\n")
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "foreign.db")  # somebody's database, not an MLflow store
+    con.execute("CREATE TABLE notes (x)")
+    con.commit()
+    con.close()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "mlflow.db").write_text("not a database")  # where a run's default store goes
 
 
 CASES = {
@@ -52,6 +62,24 @@ CASES = {
     # option values Typer checks itself
     "option range": (["sample", "--run-dir", "r", "--num", "0", "--out", "s.npy"], "--num"),
     "unknown option": (["evaluate", "--nope"], "No such option"),
+    # runs, checkpoints and tracking (harden-runs)
+    "tracking uri scheme": (["train", *TRACK, "--run-dir", "r", "--set", "tracking.uri=foo://x"], "unsupported scheme"),
+    "tracking uri no host": (["train", *TRACK, "--run-dir", "r", "--tracking-uri", "http://"], "no host"),
+    "tracking uri bad port": (["train", *TRACK, "--run-dir", "r", "--tracking-uri", "http://h:x"], "not a valid URI"),
+    "tracking uri garbage": (["train", *TRACK, "--run-dir", "r", "--set", "tracking.uri=gar bage"], "not a tracking URI"),
+    "tracking uri in memory": (["train", *TRACK, "--run-dir", "r", "--set", "tracking.uri=sqlite://"], "sqlite:///PATH"),
+    "tracking sqlite dir": (["train", *TRACK, "--run-dir", "r", "--set", "tracking.uri=sqlite:///data"], "is a directory"),
+    "tracking sqlite text": (["train", *TRACK, "--run-dir", "r", "--set", "tracking.uri=sqlite:///afile"], "not an SQLite"),
+    "tracking sqlite foreign": (["train", *TRACK, "--run-dir", "r", "--set", "tracking.uri=sqlite:///foreign.db"],
+                                "not an MLflow store"),
+    "tracking sqlite no folder": (["train", *TRACK, "--run-dir", "r", "--set", "tracking.uri=sqlite:///nope/m.db"],
+                                  "not a directory"),
+    "default store is a text file": (["train", *TRACK, "--run-dir", "store/r"], "not an SQLite"),
+    "compare a text file": (["runs", "compare", "--tracking-uri", "sqlite:///afile"], "not an SQLite"),
+    "compare a foreign sqlite": (["runs", "compare", "--tracking-uri", "sqlite:///foreign.db"], "not an MLflow store"),
+    "compare a directory": (["runs", "compare", "--tracking-uri", "sqlite:///data"], "is a directory"),
+    "compare a junk folder": (["runs", "compare", "--tracking-uri", "data"], "not a tracking URI"),
+    "compare nothing there": (["runs", "compare", "--tracking-uri", "sqlite:///none.db"], "no tracking store"),
 }
 
 
