@@ -274,8 +274,10 @@ def start_tracking(
 
     client = MlflowClient(tracking_uri=uri)
     id_file = Path(run_dir) / RUN_ID_FILE
-    if id_file.is_file():
-        run_id = id_file.read_text().strip()
+    run_id, missing = recorded_run(client, id_file, uri)
+    if missing:  # README: tracking may change on resume; the run is found or made in the new store
+        print(f"warning: {id_file}: {missing}; logging to a new run there", file=sys.stderr)
+    if run_id:
         client.update_run(run_id, status="RUNNING")
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         return MlflowTracker(client, run_id)
@@ -296,6 +298,31 @@ def start_tracking(
     return MlflowTracker(client, run_id)
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][\w-]{0,255}")  # what MLflow accepts as a run id
+
+
+def recorded_run(client, id_file: Path, uri: str) -> tuple[Optional[str], Optional[str]]:
+    """(run id of RUN_DIR/mlflow_run_id when this store holds that run, or None; why not, or
+    None when there is no file). The file is data: an id is only looked up, never trusted."""
+    if not id_file.is_file():
+        return None, None
+    text = id_file.read_bytes()[:300].decode("ascii", "replace").strip()
+    if not _RUN_ID.fullmatch(text):
+        return None, "holds no run id"
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(text)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+            raise UserError(f"{id_file}: cannot look up run {text} in {redact(uri)} "
+                            f"({redact(str(exc).splitlines()[0][:200]) if str(exc) else type(exc).__name__})") from None
+        return None, f"run {text} is not in {redact(uri)}"
+    if run.info.lifecycle_stage == "deleted":
+        return None, f"run {text} was deleted from {redact(uri)}"
+    return text, None
+
+
 def attach_metrics(run_dir: Path, configured_uri: Optional[str], metrics: dict, step: int) -> Optional[str]:
     """Log evaluation metrics to the training run recorded in RUN_DIR/mlflow_run_id.
 
@@ -310,10 +337,13 @@ def attach_metrics(run_dir: Path, configured_uri: Optional[str], metrics: dict, 
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    run_id = id_file.read_text().strip()
+    client = MlflowClient(tracking_uri=uri)
+    run_id, missing = recorded_run(client, id_file, uri)
+    if missing:  # evaluation attaches to the training run only; it never makes one
+        raise UserError(f"{id_file}: {missing}; the metrics are in {Path(run_dir) / 'eval'} (--no-track skips MLflow)")
     ts = int(time.time() * 1000)
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
-    MlflowClient(tracking_uri=uri).log_batch(
+    client.log_batch(
         run_id, metrics=[Metric(f"eval/{k}", v, ts, step) for k, v in numeric.items()]
     )
     return run_id
