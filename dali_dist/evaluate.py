@@ -436,10 +436,24 @@ def read_record(run_dir: Optional[Path], step: int) -> dict:
         return {}
     path = record_path(run_dir, step)
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
+        record = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         print(f"warning: {path}: unreadable evaluation record; starting a new one", file=sys.stderr)
         return {}
+    _check_record(record, path)
+    return record
+
+
+def _check_record(record, path: Path) -> None:
+    """The shape evaluate_and_record writes; anything else would fail deep in the merge."""
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: evaluation record is not a JSON object; move it away to re-evaluate")
+    metrics, attached = record.get("metrics", {}), record.get("attached", {})
+    if not isinstance(metrics, dict) or not all(isinstance(m, dict) and isinstance(m.get("values"), dict)
+                                                for m in metrics.values()):
+        raise UserError(f"{path}: evaluation record's metrics is not a mapping of metric records")
+    if not isinstance(attached, dict) or not isinstance(record.get("mlflow_run_id", ""), str):
+        raise UserError(f"{path}: evaluation record's attached or mlflow_run_id has the wrong type")
 
 
 def write_json_atomic(path: Path, obj) -> None:
