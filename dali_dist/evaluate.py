@@ -42,7 +42,7 @@ from typing import Callable, Optional
 import typer
 
 from .checkpoint import Exported, complete_checkpoints, load_export, newest_checkpoint
-from .cli_util import exits_cleanly
+from .cli_util import check_device, exits_cleanly
 from .errors import UserError
 from .generate import generate
 from .metrics.modes import mode_metrics
@@ -626,6 +626,7 @@ def evaluate_command(
     if all_checkpoints and watch_run:
         raise UserError("give at most one of --all-checkpoints and --watch")
     names = _names(metrics)
+    check_device(device)
     ranks = Ranks(device)
     opts = EvalOptions(data=data, num_samples=num_samples, inception_weights=inception_weights,
                        classifier=classifier, batch_size=batch_size, progress=progress)

@@ -18,6 +18,7 @@ import torch
 import typer
 from tqdm import tqdm
 
+from .cli_util import check_device
 from .errors import UserError
 from .inference import DaliModel
 from .visualize import image_grid_png, to_uint8_images
@@ -66,7 +67,7 @@ def encode_command(
     """Encode a whole split: mu(x) and sigma(x) for every sample."""
     from .data import describe, eval_batches
 
-    model = DaliModel.load(checkpoint, device, batch_size)
+    model = DaliModel.load(checkpoint, check_device(device), batch_size)
     source = _source(model, data)
     total = describe(source, split).splits.get(split)
     codes, sigmas, labels, keys = [], [], [], []
@@ -90,7 +91,7 @@ def reconstruct_command(
     device: str = DEVICE,
 ) -> None:
     """Reconstruct G(mu(x)); the grid shows each original beside its reconstruction."""
-    model = DaliModel.load(checkpoint, device)
+    model = DaliModel.load(checkpoint, check_device(device))
     x, y = _first(model, _source(model, data), split, num)
     rec = model.reconstruct(x).cpu()
     out.mkdir(parents=True, exist_ok=True)
@@ -112,7 +113,7 @@ def interpolate_command(
     device: str = DEVICE,
 ) -> None:
     """Decode straight lines between the codes of pairs of real samples."""
-    model = DaliModel.load(checkpoint, device)
+    model = DaliModel.load(checkpoint, check_device(device))
     x, _ = _first(model, _source(model, data), split, 2 * pairs)
     if len(x) < 2 * pairs:
         raise UserError(f"split {split!r} has {len(x)} samples, fewer than the {2 * pairs} that --pairs {pairs} needs")

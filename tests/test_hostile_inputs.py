@@ -5,6 +5,7 @@ New commands and new input classes join the table."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from tests.conftest import run_cli
 
@@ -80,6 +81,19 @@ CASES = {
     "compare a directory": (["runs", "compare", "--tracking-uri", "sqlite:///data"], "is a directory"),
     "compare a junk folder": (["runs", "compare", "--tracking-uri", "data"], "not a tracking URI"),
     "compare nothing there": (["runs", "compare", "--tracking-uri", "sqlite:///none.db"], "no tracking store"),
+    "sample on no such device": (["sample", "--run-dir", "r", "--num", "2", "--out", "s.npy", "--device", "banana"],
+                                 "not a device"),
+    "sample on a missing gpu": (["sample", "--run-dir", "r", "--num", "2", "--out", "s.npy", "--device", "cuda:99"],
+                                "--device 'cuda:99'"),
+    "evaluate on no such device": (["evaluate", "--run-dir", "r", "--device", "banana"], "not a device"),
+    "evaluate on a meta device": (["evaluate", "--run-dir", "r", "--device", "meta"], "not supported"),
+    "encode on no such device": (["encode", "--checkpoint", "r", "--out", "z.npz", "--device", "banana"], "not a device"),
+    "reconstruct on a missing gpu": (["reconstruct", "--checkpoint", "r", "--out", "o", "--device", "cuda:99"],
+                                     "--device 'cuda:99'"),
+    "interpolate on no such device": (["interpolate", "--checkpoint", "r", "--out", "o", "--device", "gpu"],
+                                      "not a device"),
+    **({"sample on cuda without a gpu": (["sample", "--run-dir", "r", "--num", "2", "--out", "s.npy", "--device", "cuda"],
+                                         "no cuda device")} if not torch.cuda.is_available() else {}),
 }
 
 
