@@ -570,7 +570,10 @@ def _exit_code(run_dir: Path) -> Optional[str]:
     ckpts = complete_checkpoints(run_dir)
     if ckpts and ckpts[-1][1].stat().st_mtime > f.stat().st_mtime:
         return None
-    return f.read_text().strip()
+    code = f.read_bytes()[:100].decode("ascii", "replace").strip()
+    if not code.lstrip("-").isdigit():  # the trainer writes an integer; anything else is not its verdict
+        raise UserError(f"{f}: not an exit code (the trainer writes an integer)")
+    return code
 
 
 def watch(run_dir: Path, names: list[str], opts: EvalOptions, ranks: Ranks, *, track: bool, force: bool,

@@ -135,3 +135,23 @@ def test_evaluation_record_of_the_wrong_shape(evaluated_grid_run, tmp_path, caps
     assert e.value.code == 2 and len(errors) == 1 and "Traceback" not in err, err[-2000:]
     assert str(f) in errors[0] and expect in errors[0]
     assert f.read_text() == record
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00junk", b"", b"done\n"])
+def test_watch_with_a_damaged_exit_code(evaluated_grid_run, tmp_path, capsys, content):
+    """RUN_DIR/exit_code is read as data: anything but an integer is one line naming it."""
+    import shutil
+
+    from dali_dist.cli import app
+    from dali_dist.cli_util import exits_cleanly
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_grid_run, run)
+    (run / "exit_code").write_bytes(content)
+    with pytest.raises(SystemExit) as e:
+        exits_cleanly(app)(["evaluate", "--run-dir", str(run), "--watch", "--metrics", "modes", "--num-samples", "100",
+                            "--no-progress", "--no-track", "--watch-timeout", "0"])
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert e.value.code == 2 and len(errors) == 1 and "Traceback" not in err, err[-2000:]
+    assert str(run / "exit_code") in errors[0] and "not an exit code" in errors[0]
