@@ -227,11 +227,26 @@ def load_train_state(ckpt: Path) -> TrainState:
         state = TrainState(**raw)
     except (OSError, ValueError, TypeError) as exc:
         raise UserError(f"{file}: invalid train state ({exc})") from None
-    for name, kinds in (("step", int), ("batches_consumed", int), ("elapsed_s", (int, float))):
+    for name, kinds in (("step", int), ("batches_consumed", int), ("elapsed_s", (int, float)), ("world_size", int)):
         v = getattr(state, name)
-        if isinstance(v, bool) or not isinstance(v, kinds) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, kinds) or not 0 <= v < float("inf"):
             raise UserError(f"{file}: invalid train state ({name} is {v!r}, expected a number >= 0)")
+    _check_phases(state.phases, file)
     return state
+
+
+def _check_phases(phases, file: Path) -> None:
+    """phases: {name: {scale, good_steps, skipped}} as precision.py writes it; anything else
+    would fail at the first step, far from the file."""
+    if not isinstance(phases, dict):
+        raise UserError(f"{file}: invalid train state (phases is {phases!r:.60}, expected a mapping)")
+    for name, phase in phases.items():
+        if not isinstance(phase, dict):
+            raise UserError(f"{file}: invalid train state (phases.{name} is {phase!r:.60}, expected a mapping)")
+        for key, v in phase.items():
+            ok = not isinstance(v, bool) and isinstance(v, (int, float)) and 0 <= v < float("inf")
+            if not ok or (key == "scale" and v == 0):
+                raise UserError(f"{file}: invalid train state (phases.{name}.{key} is {v!r:.60}, expected a number >= 0)")
 
 
 def load_checkpoint(
@@ -259,7 +274,22 @@ def load_checkpoint(
         except Exception as exc:  # noqa: BLE001 - ValueError, KeyError, TypeError for a foreign state
             raise UserError(f"{file}: optimizer state does not fit this model ({type(exc).__name__}: "
                             f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+        _check_optimizer_shapes(opt, file)
     return load_train_state(ckpt)
+
+
+def _check_optimizer_shapes(opt: torch.optim.Optimizer, file: Path) -> None:
+    """Every state tensor must have its parameter's shape (the scalar step counter aside):
+    load_state_dict checks only the number of parameters, and a wrong shape would surface as a
+    broadcast error at the first training step, or not at all."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    for i, p in enumerate(params):
+        for key, v in opt.state.get(p, {}).items():
+            if not isinstance(v, torch.Tensor) or (key == "step" and v.dim() == 0):
+                continue
+            if tuple(v.shape) != tuple(p.shape):
+                raise UserError(f"{file}: optimizer state does not fit this model (parameter {i}: {key} is "
+                                f"{tuple(v.shape)}, the parameter is {tuple(p.shape)}); a checkpoint of another config?")
 
 
 @dataclass

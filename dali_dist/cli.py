@@ -15,7 +15,7 @@ import typer
 
 from data_prep.cli import prep_app
 
-from .cli_util import exits_cleanly
+from .cli_util import check_device, exits_cleanly
 from .errors import UserError
 from .classifier import train_classifier_command
 from .evaluate import evaluate_command
@@ -53,6 +53,7 @@ def sample_command(
 
     if (checkpoint is None) == (run_dir is None):
         raise UserError("give exactly one of --checkpoint or --run-dir")
+    check_device(device)
     checkpoint = checkpoint or newest_checkpoint(run_dir)
     exp = load_export(checkpoint, device)
     is_2d = exp.cfg.data.dataset == "grid2d"

@@ -97,3 +97,25 @@ def exits_cleanly(fn):
             sys.exit(UserError.exit_code)
 
     return wrapper
+
+
+def check_device(name: str | None):
+    """--device as a torch.device this machine has, else one line (before any work: torch
+    would fail later with a traceback, or on the first tensor moved)."""
+    if name is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise UserError(f"--device {name!r}: not a device (cpu, cuda, cuda:N, mps)") from None
+    available = {"cpu": lambda: True, "cuda": torch.cuda.is_available,
+                 "mps": lambda: getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()}
+    if device.type not in available:
+        raise UserError(f"--device {name!r}: {device.type} is not supported here (cpu, cuda, cuda:N, mps)")
+    if not available[device.type]():
+        raise UserError(f"--device {name!r}: no {device.type} device is available on this machine")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device

@@ -563,5 +563,22 @@ def config_from_dict(raw: dict) -> Config:
     return _build(Config, raw)
 
 
+def read_saved_config(path: Path) -> dict:
+    """RUN_DIR/config.yaml as a plain mapping, checked like a config (someone else may have
+    written it); one line naming the file when it is unreadable, not a mapping or invalid."""
+    try:
+        text = Path(path).read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the saved config ({exc})") from None
+    raw = _read_yaml(text, str(path))
+    if not raw:
+        raise UserError(f"{path}: the saved config is empty")
+    try:
+        config_from_dict(raw)
+    except UserError as exc:
+        raise UserError(f"{path}: invalid saved config ({str(exc)[:300]})") from None
+    return raw
+
+
 def dump_yaml(cfg: Config) -> str:
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

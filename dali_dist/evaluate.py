@@ -42,7 +42,7 @@ import typer
 
 from . import atomic
 from .checkpoint import Exported, complete_checkpoints, load_export, newest_checkpoint
-from .cli_util import exits_cleanly
+from .cli_util import check_device, exits_cleanly
 from .errors import UserError
 from .generate import generate
 from .metrics.modes import mode_metrics
@@ -437,10 +437,24 @@ def read_record(run_dir: Optional[Path], step: int) -> dict:
         return {}
     path = record_path(run_dir, step)
     try:
-        return json.loads(path.read_text()) if path.is_file() else {}
+        record = json.loads(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         print(f"warning: {path}: unreadable evaluation record; starting a new one", file=sys.stderr)
         return {}
+    _check_record(record, path)
+    return record
+
+
+def _check_record(record, path: Path) -> None:
+    """The shape evaluate_and_record writes; anything else would fail deep in the merge."""
+    if not isinstance(record, dict):
+        raise UserError(f"{path}: evaluation record is not a JSON object; move it away to re-evaluate")
+    metrics, attached = record.get("metrics", {}), record.get("attached", {})
+    if not isinstance(metrics, dict) or not all(isinstance(m, dict) and isinstance(m.get("values"), dict)
+                                                for m in metrics.values()):
+        raise UserError(f"{path}: evaluation record's metrics is not a mapping of metric records")
+    if not isinstance(attached, dict) or not isinstance(record.get("mlflow_run_id", ""), str):
+        raise UserError(f"{path}: evaluation record's attached or mlflow_run_id has the wrong type")
 
 
 def write_json_atomic(path: Path, obj) -> None:
@@ -555,7 +569,10 @@ def _exit_code(run_dir: Path) -> Optional[str]:
     ckpts = complete_checkpoints(run_dir)
     if ckpts and ckpts[-1][1].stat().st_mtime > f.stat().st_mtime:
         return None
-    return f.read_text().strip()
+    code = f.read_bytes()[:100].decode("ascii", "replace").strip()
+    if not code.lstrip("-").isdigit():  # the trainer writes an integer; anything else is not its verdict
+        raise UserError(f"{f}: not an exit code (the trainer writes an integer)")
+    return code
 
 
 def watch(run_dir: Path, names: list[str], opts: EvalOptions, ranks: Ranks, *, track: bool, force: bool,
@@ -614,6 +631,7 @@ def evaluate_command(
     if out is not None:
         check_file(out, overwrite=overwrite)  # before minutes of sampling, not after
     names = _names(metrics)
+    check_device(device)
     ranks = Ranks(device)
     opts = EvalOptions(data=data, num_samples=num_samples, inception_weights=inception_weights,
                        classifier=classifier, batch_size=batch_size, progress=progress)

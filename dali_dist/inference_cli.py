@@ -18,6 +18,7 @@ import torch
 import typer
 from tqdm import tqdm
 
+from .cli_util import check_device
 from .errors import UserError
 from .inference import DaliModel
 from .outputs import check_file, check_folder, save_npz
@@ -63,7 +64,7 @@ def encode_command(
     from .data import describe, eval_batches
 
     check_file(out, overwrite=overwrite)
-    model = DaliModel.load(checkpoint, device, batch_size)
+    model = DaliModel.load(checkpoint, check_device(device), batch_size)
     source = _source(model, data)
     total = describe(source, split).splits.get(split)
     codes, sigmas, labels, keys = [], [], [], []
@@ -88,7 +89,7 @@ def reconstruct_command(
 ) -> None:
     """Reconstruct G(mu(x)); the grid shows each original beside its reconstruction."""
     check_folder(out, ["reconstructions.npz", "grid.png"], overwrite=overwrite)
-    model = DaliModel.load(checkpoint, device)
+    model = DaliModel.load(checkpoint, check_device(device))
     x, y = _first(model, _source(model, data), split, num)
     rec = model.reconstruct(x).cpu()
     out.mkdir(parents=True, exist_ok=True)
@@ -111,7 +112,7 @@ def interpolate_command(
 ) -> None:
     """Decode straight lines between the codes of pairs of real samples."""
     check_folder(out, ["interpolations.npz", "grid.png"], overwrite=overwrite)
-    model = DaliModel.load(checkpoint, device)
+    model = DaliModel.load(checkpoint, check_device(device))
     x, _ = _first(model, _source(model, data), split, 2 * pairs)
     if len(x) < 2 * pairs:
         raise UserError(f"split {split!r} has {len(x)} samples, fewer than the {2 * pairs} that --pairs {pairs} needs")

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from .errors import UserError
-from .tracking import probe_server, resolve_uri
+from .tracking import probe_server, resolve_uri, sqlite_store
 
 runs_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect tracked runs.")
 
@@ -25,8 +25,10 @@ def compare_command(
 ) -> None:
     """Print one row per run: name, variant, dataset, status and the latest metric values."""
     uri, _ = resolve_uri(tracking_uri, Path("runs") / "x")
-    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
-        raise UserError(f"{uri[len('sqlite:///'):]}: no tracking store here (pass --tracking-uri)")
+    if uri.startswith("sqlite:///"):  # only an MLflow store: MLflow would add its tables to any file
+        path = Path(uri[len("sqlite:///"):].split("?")[0])
+        if not path.parent.is_dir() or sqlite_store(path, where="tracking store") != "mlflow":
+            raise UserError(f"{path}: no tracking store here (pass --tracking-uri)")
     probe_server(uri)
     from mlflow.tracking import MlflowClient
 

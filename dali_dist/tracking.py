@@ -54,12 +54,87 @@ def redact(text: str) -> str:
 
 
 def resolve_uri(configured: Optional[str], run_dir: Path) -> tuple[str, Optional[Path]]:
-    """(tracking URI, local artifact root or None when the server decides)."""
+    """(tracking URI, local artifact root or None when the server decides). A URI someone gave
+    is checked first: MLflow answers a bad one with a traceback, or makes a folder in the cwd."""
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI")
     if uri:
+        check_uri(uri, "tracking.uri" if configured else "MLFLOW_TRACKING_URI")
         return uri, None
     root = Path(run_dir).resolve().parent
     return f"sqlite:///{root / 'mlflow.db'}", root / "mlartifacts"
+
+
+_DB_SCHEMES = ("postgresql", "mysql", "mssql")  # SQLAlchemy stores, with an optional +driver
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def check_uri(uri: str, where: str = "tracking.uri") -> None:
+    """One line unless ``uri`` is a store MLflow can open: sqlite:///FILE, http(s)://HOST,
+    a database URL, databricks (a file store only with MLFLOW_ALLOW_FILE_STORE=true)."""
+    bad = lambda why: UserError(f"{where} {redact(uri)!r}: {why}")  # noqa: E731
+    try:
+        parts = urllib.parse.urlsplit(str(uri).strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise bad(f"not a valid URI ({exc})") from None
+    scheme = parts.scheme.lower()
+    base = scheme.split("+", 1)[0]
+    if scheme in ("http", "https", *_DB_SCHEMES) or base in _DB_SCHEMES:
+        if not parts.hostname:
+            raise bad(f"no host (expected {scheme}://HOST[:PORT]...)")
+    elif scheme == "sqlite":
+        if not uri.startswith("sqlite:///") or not uri[len("sqlite:///"):].split("?")[0]:
+            raise bad("expected sqlite:///PATH (relative) or sqlite:////PATH (absolute) to a file")
+        sqlite_store(Path(uri[len("sqlite:///"):].split("?")[0]), where=f"{where} {redact(uri)!r}")
+    elif scheme in ("databricks", "databricks-uc"):
+        pass
+    elif scheme in ("file", "") and os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() == "true":
+        pass
+    elif scheme in ("file", ""):
+        raise bad("not a tracking URI; use sqlite:///PATH.db or http(s)://HOST:PORT (MLflow 3 keeps file "
+                  "stores in maintenance mode)")
+    else:
+        raise bad(f"unsupported scheme {scheme!r} (use sqlite:///PATH.db, http(s)://HOST:PORT or a database URL)")
+
+
+def sqlite_store(path: Path, where: str) -> str:
+    """What a SQLite store path holds: 'absent', 'empty' or 'mlflow'; one line for a folder, a
+    file that is not SQLite, or somebody else's database (MLflow would add its tables to it)."""
+    if path.is_dir():
+        raise UserError(f"{where}: {path} is a directory, not an SQLite file")
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise UserError(f"{where}: {path.parent} is not a directory")
+        return "absent"
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise UserError(f"{where}: cannot read {path} ({exc.strerror or exc})") from None
+    if not head:
+        return "empty"
+    if head != _SQLITE_MAGIC:
+        raise UserError(f"{where}: {path} is not an SQLite database")
+    tables = _sqlite_tables(path, where)
+    if not tables:
+        return "empty"
+    if not {"experiments", "runs"} <= tables:
+        raise UserError(f"{where}: {path} is an SQLite database but not an MLflow store (tables: "
+                        f"{', '.join(sorted(tables)[:5])}); nothing was written to it")
+    return "mlflow"
+
+
+def _sqlite_tables(path: Path, where: str) -> set[str]:
+    import sqlite3
+
+    try:  # read-only: looking must not change the file
+        con = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        finally:
+            con.close()
+    except sqlite3.Error as exc:
+        raise UserError(f"{where}: {path} is not a readable SQLite database ({exc})") from None
 
 
 def probe_server(uri: str, timeout: float = 5.0) -> None:
@@ -82,6 +157,16 @@ def probe_server(uri: str, timeout: float = 5.0) -> None:
     except (urllib.error.URLError, OSError, TimeoutError) as exc:
         reason = getattr(exc, "reason", exc)
         raise UserError(f"tracking server {redact(uri)} did not answer within {timeout:.0f} s ({redact(reason)})") from None
+
+
+def check_store(configured: Optional[str], run_dir: Path) -> None:
+    """Everything about the store that can be checked before the run directory is touched: the
+    URI, the SQLite file it names (or the default one, if present), a server's health."""
+    uri, artifact_root = resolve_uri(configured, run_dir)
+    default = Path(uri[len("sqlite:///"):]) if artifact_root is not None else None
+    if default is not None and default.exists():
+        sqlite_store(default, where="tracking store")
+    probe_server(uri)
 
 
 def git_info(repo: Path) -> dict[str, str]:
@@ -189,8 +274,10 @@ def start_tracking(
 
     client = MlflowClient(tracking_uri=uri)
     id_file = Path(run_dir) / RUN_ID_FILE
-    if id_file.is_file():
-        run_id = id_file.read_text().strip()
+    run_id, missing = recorded_run(client, id_file, uri)
+    if missing:  # README: tracking may change on resume; the run is found or made in the new store
+        print(f"warning: {id_file}: {missing}; logging to a new run there", file=sys.stderr)
+    if run_id:
         client.update_run(run_id, status="RUNNING")
         client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
         return MlflowTracker(client, run_id)
@@ -211,6 +298,31 @@ def start_tracking(
     return MlflowTracker(client, run_id)
 
 
+_RUN_ID = re.compile(r"[A-Za-z0-9][\w-]{0,255}")  # what MLflow accepts as a run id
+
+
+def recorded_run(client, id_file: Path, uri: str) -> tuple[Optional[str], Optional[str]]:
+    """(run id of RUN_DIR/mlflow_run_id when this store holds that run, or None; why not, or
+    None when there is no file). The file is data: an id is only looked up, never trusted."""
+    if not id_file.is_file():
+        return None, None
+    text = id_file.read_bytes()[:300].decode("ascii", "replace").strip()
+    if not _RUN_ID.fullmatch(text):
+        return None, "holds no run id"
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(text)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") != "RESOURCE_DOES_NOT_EXIST":
+            raise UserError(f"{id_file}: cannot look up run {text} in {redact(uri)} "
+                            f"({redact(str(exc).splitlines()[0][:200]) if str(exc) else type(exc).__name__})") from None
+        return None, f"run {text} is not in {redact(uri)}"
+    if run.info.lifecycle_stage == "deleted":
+        return None, f"run {text} was deleted from {redact(uri)}"
+    return text, None
+
+
 def attach_metrics(run_dir: Path, configured_uri: Optional[str], metrics: dict, step: int) -> Optional[str]:
     """Log evaluation metrics to the training run recorded in RUN_DIR/mlflow_run_id.
 
@@ -225,10 +337,13 @@ def attach_metrics(run_dir: Path, configured_uri: Optional[str], metrics: dict, 
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    run_id = id_file.read_text().strip()
+    client = MlflowClient(tracking_uri=uri)
+    run_id, missing = recorded_run(client, id_file, uri)
+    if missing:  # evaluation attaches to the training run only; it never makes one
+        raise UserError(f"{id_file}: {missing}; the metrics are in {Path(run_dir) / 'eval'} (--no-track skips MLflow)")
     ts = int(time.time() * 1000)
     numeric = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and k != "step"}
-    MlflowClient(tracking_uri=uri).log_batch(
+    client.log_batch(
         run_id, metrics=[Metric(f"eval/{k}", v, ts, step) for k, v in numeric.items()]
     )
     return run_id

@@ -22,7 +22,6 @@ from typing import Optional
 
 import torch
 import typer
-import yaml
 from tqdm import tqdm
 
 from . import __version__, atomic
@@ -32,7 +31,7 @@ from .checkpoint import (
     TrainState, complete_checkpoints, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint,
 )
 from .cli_util import exits_cleanly
-from .config import Config, dump_yaml, load_config
+from .config import Config, dump_yaml, load_config, read_saved_config
 from .distributed import (
     any_rank, autocast_factory, check_world_size, make_accelerator, per_rank_batch, phase_updates, replicas_agree,
 )
@@ -44,7 +43,7 @@ from .precision import make_adam
 from .schedule import lr_factor, ramp_factor
 from .seeding import derive_seed, latent, reseed_step_generators
 from .threads import configure_threads
-from .tracking import NullTracker, git_info, start_tracking, system_metrics
+from .tracking import NullTracker, check_store, git_info, start_tracking, system_metrics
 from .visualize import image_grid_png, scatter_png, to_uint8_images
 from .watchdog import RankWatchdog
 
@@ -143,7 +142,7 @@ def prepare_run_dir(run_dir: Path, cfg: Config, resuming: bool) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     saved = run_dir / "config.yaml"
     if resuming and saved.exists():
-        before = _flatten(yaml.safe_load(saved.read_text()) or {})
+        before = _flatten(read_saved_config(saved))
         after = _flatten(cfg.to_dict())
         changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
         refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
@@ -333,6 +332,8 @@ def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
     if resume is None and any((run_dir / "checkpoints").glob("step-*")):
         raise UserError(f"{run_dir}: already holds checkpoints; pass --resume auto to continue or choose a new --run-dir")
     if accelerator.is_main_process:
+        if cfg.tracking.enabled:  # a bad or silent store is refused before config.yaml is rewritten
+            check_store(cfg.tracking.uri, run_dir)
         prepare_run_dir(run_dir, cfg, resuming=ckpt is not None)
     accelerator.wait_for_everyone()
 

@@ -189,6 +189,19 @@ def test_optimizer_state_of_another_model(grid_copy, mnist_ckpt, capsys):
     assert str(f) in msg and "does not fit" in msg
 
 
+@pytest.mark.parametrize("name,key,shape", [("d", "exp_avg", (3, 2)), ("ge", "exp_avg_sq", (7,)), ("d", "exp_avg", ())])
+def test_optimizer_state_with_wrong_shapes(grid_copy, capsys, name, key, shape):
+    """Same number of parameters, one moment of the wrong shape: refused on load, naming the
+    file, not at the first step (or never, where it would broadcast)."""
+    f = grid_copy / f"checkpoints/step-4/optim_{name}.pt"
+    sd = torch.load(f, weights_only=True)
+    sd["state"][1][key] = torch.zeros(shape)
+    torch.save(sd, f)
+    msg = cli(capsys, *train_args(grid_copy, "--resume", "auto", "--set", "train.steps=6"))
+    assert str(f) in msg and "does not fit" in msg and f"{key} is {shape}" in msg
+    assert not (grid_copy / "checkpoints/step-6").exists()
+
+
 def test_truncated_training_weights(grid_copy, capsys):
     f = grid_copy / "checkpoints/step-4/E.safetensors"
     f.write_bytes(f.read_bytes()[:50])
@@ -200,12 +213,32 @@ def test_truncated_training_weights(grid_copy, capsys):
     ("{", "invalid train state"), ("[4, 8]", "not a JSON object"), ('{"step": "4"}', "step is '4'"),
     ('{"step": 4, "batches_consumed": -1}', "batches_consumed is -1"), ('{"step": 4, "epoch": 1}', "epoch"),
     ('{"step": true}', "step is True"), ("", "invalid train state"),
+    ('"abc"', "not a JSON object"), ("3", "not a JSON object"), ('{"step": "abc"}', "step is 'abc'"),
+    ('{"step": 4, "world_size": "x"}', "world_size is 'x'"), ('{"step": 4, "elapsed_s": NaN}', "elapsed_s is nan"),
+    ('{"step": 4, "phases": [1]}', "phases is [1]"), ('{"step": 4, "phases": {"d": 5}}', "phases.d is 5"),
+    ('{"step": 4, "phases": {"d": {"scale": "x"}}}', "phases.d.scale is 'x'"),
 ])
 def test_malformed_train_state(grid_copy, capsys, text, expect):
     f = grid_copy / "checkpoints/step-4/train_state.json"
     f.write_text(text)
     msg = cli(capsys, *train_args(grid_copy, "--resume", "auto", "--set", "train.steps=6"))
     assert str(f) in msg and expect in msg
+
+
+@pytest.mark.parametrize("text,expect", [
+    ("- a\n- b\n", "top level must be a mapping"), ("abc\n", "top level must be a mapping"),
+    ("3\n", "top level must be a mapping"), ("", "is empty"), ("model: [\n", "not valid YAML"),
+    ("train: {steps: abc}\n", "train.steps must be an integer"), (b"\xff\xfe\x00junk", "cannot read"),
+])
+def test_malformed_saved_run_config(grid_copy, capsys, text, expect):
+    """RUN_DIR/config.yaml is compared with the new config on resume: a damaged one is one line
+    naming it, and it is not rewritten."""
+    f = grid_copy / "config.yaml"
+    f.write_bytes(text if isinstance(text, bytes) else text.encode())
+    before = f.read_bytes()
+    msg = cli(capsys, *train_args(grid_copy, "--resume", "auto", "--set", "train.steps=6"))
+    assert str(f) in msg and expect in msg
+    assert f.read_bytes() == before
 
 
 def test_grid_checkpoint_resumed_under_an_mnist_config(grid_run, tmp_path, capsys):

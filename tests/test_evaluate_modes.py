@@ -95,3 +95,63 @@ def test_fid_without_clean_fid_says_what_to_install(tmp_path, tiny_grid_cfg):
 
     with pytest.raises(UserError, match=r"pip install 'dali-dist\[eval\]'"):
         cleanfid_modules()
+
+
+@pytest.fixture(scope="module")
+def evaluated_grid_run(tmp_path_factory):
+    """A 10-step grid run (one checkpoint, no tracking) whose RUN_DIR/exit_code says finished."""
+    from dali_dist.config import load_config
+    from tests.conftest import TINY_GRID
+
+    run = tmp_path_factory.mktemp("eval") / "run"
+    assert train(load_config("grid2d", [*TINY_GRID, "train.steps=10"]), run) == 0
+    return run
+
+
+@pytest.mark.parametrize("record,expect", [
+    ("[1, 2]", "not a JSON object"), ('"abc"', "not a JSON object"), ("3", "not a JSON object"),
+    ('{"metrics": [1]}', "metrics is not a mapping"), ('{"metrics": {"modes": 5}}', "metrics is not a mapping"),
+    ('{"metrics": {"modes": {"protocol": {}, "values": 1}}}', "metrics is not a mapping"),
+    ('{"attached": 3}', "wrong type"), ('{"mlflow_run_id": [1]}', "wrong type"),
+])
+@pytest.mark.parametrize("mode", ["--all-checkpoints", "--watch"])
+def test_evaluation_record_of_the_wrong_shape(evaluated_grid_run, tmp_path, capsys, record, expect, mode):
+    """RUN_DIR/eval/step-N.json that someone else wrote: one line naming it, left as it was."""
+    import shutil
+
+    from dali_dist.cli import app
+    from dali_dist.cli_util import exits_cleanly
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_grid_run, run)
+    f = run / "eval" / "step-10.json"
+    f.parent.mkdir()
+    f.write_text(record)
+    with pytest.raises(SystemExit) as e:
+        exits_cleanly(app)(["evaluate", "--run-dir", str(run), mode, "--metrics", "modes", "--num-samples", "100",
+                            "--no-progress", "--no-track", "--watch-interval", "0"])
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert e.value.code == 2 and len(errors) == 1 and "Traceback" not in err, err[-2000:]
+    assert str(f) in errors[0] and expect in errors[0]
+    assert f.read_text() == record
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfe\x00junk", b"", b"done\n"])
+def test_watch_with_a_damaged_exit_code(evaluated_grid_run, tmp_path, capsys, content):
+    """RUN_DIR/exit_code is read as data: anything but an integer is one line naming it."""
+    import shutil
+
+    from dali_dist.cli import app
+    from dali_dist.cli_util import exits_cleanly
+
+    run = tmp_path / "run"
+    shutil.copytree(evaluated_grid_run, run)
+    (run / "exit_code").write_bytes(content)
+    with pytest.raises(SystemExit) as e:
+        exits_cleanly(app)(["evaluate", "--run-dir", str(run), "--watch", "--metrics", "modes", "--num-samples", "100",
+                            "--no-progress", "--no-track", "--watch-timeout", "0"])
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert e.value.code == 2 and len(errors) == 1 and "Traceback" not in err, err[-2000:]
+    assert str(run / "exit_code") in errors[0] and "not an exit code" in errors[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from tests.conftest import run_cli
 
@@ -14,6 +15,8 @@ pytestmark = pytest.mark.timeout(120)
 
 TINY = ["--config", "grid2d", "--set", "train.steps=2", "--set", "tracking.enabled=false",
         "--set", "train.sample_every=0"]
+
+TRACK = [*TINY, "--set", "tracking.enabled=true"]
 
 
 def _snapshot(root):
@@ -33,6 +36,14 @@ def _setup(tmp_path):
     for name, text in BAD_JSON.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / "manifest.json").write_text(text)
+    import sqlite3
+
+    con = sqlite3.connect(tmp_path / "foreign.db")  # somebody's database, not an MLflow store
+    con.execute("CREATE TABLE notes (x)")
+    con.commit()
+    con.close()
+    (tmp_path / "store").mkdir()
+    (tmp_path / "store" / "mlflow.db").write_text("not a database")  # where a run's default store goes
 
 
 def _manifest(total, counts, **extra) -> str:
@@ -107,6 +118,37 @@ CASES = {
                                 "m-empty/manifest.json: split 'train' has no samples", "r"),
     "classifier count is a boolean": (["train-classifier", "--data", "m-bool", "--out", "c.safetensors"],
                                       "m-bool/manifest.json", "c.safetensors"),
+    # runs, checkpoints and tracking (harden-runs)
+    "tracking uri scheme": (["train", *TRACK, "--run-dir", "r", "--set", "tracking.uri=foo://x"], "unsupported scheme"),
+    "tracking uri no host": (["train", *TRACK, "--run-dir", "r", "--tracking-uri", "http://"], "no host"),
+    "tracking uri bad port": (["train", *TRACK, "--run-dir", "r", "--tracking-uri", "http://h:x"], "not a valid URI"),
+    "tracking uri garbage": (["train", *TRACK, "--run-dir", "r", "--set", "tracking.uri=gar bage"], "not a tracking URI"),
+    "tracking uri in memory": (["train", *TRACK, "--run-dir", "r", "--set", "tracking.uri=sqlite://"], "sqlite:///PATH"),
+    "tracking sqlite dir": (["train", *TRACK, "--run-dir", "r", "--set", "tracking.uri=sqlite:///data"], "is a directory"),
+    "tracking sqlite text": (["train", *TRACK, "--run-dir", "r", "--set", "tracking.uri=sqlite:///afile"], "not an SQLite"),
+    "tracking sqlite foreign": (["train", *TRACK, "--run-dir", "r", "--set", "tracking.uri=sqlite:///foreign.db"],
+                                "not an MLflow store"),
+    "tracking sqlite no folder": (["train", *TRACK, "--run-dir", "r", "--set", "tracking.uri=sqlite:///nope/m.db"],
+                                  "not a directory"),
+    "default store is a text file": (["train", *TRACK, "--run-dir", "store/r"], "not an SQLite"),
+    "compare a text file": (["runs", "compare", "--tracking-uri", "sqlite:///afile"], "not an SQLite"),
+    "compare a foreign sqlite": (["runs", "compare", "--tracking-uri", "sqlite:///foreign.db"], "not an MLflow store"),
+    "compare a directory": (["runs", "compare", "--tracking-uri", "sqlite:///data"], "is a directory"),
+    "compare a junk folder": (["runs", "compare", "--tracking-uri", "data"], "not a tracking URI"),
+    "compare nothing there": (["runs", "compare", "--tracking-uri", "sqlite:///none.db"], "no tracking store"),
+    "sample on no such device": (["sample", "--run-dir", "r", "--num", "2", "--out", "s.npy", "--device", "banana"],
+                                 "not a device"),
+    "sample on a missing gpu": (["sample", "--run-dir", "r", "--num", "2", "--out", "s.npy", "--device", "cuda:99"],
+                                "--device 'cuda:99'"),
+    "evaluate on no such device": (["evaluate", "--run-dir", "r", "--device", "banana"], "not a device"),
+    "evaluate on a meta device": (["evaluate", "--run-dir", "r", "--device", "meta"], "not supported"),
+    "encode on no such device": (["encode", "--checkpoint", "r", "--out", "z.npz", "--device", "banana"], "not a device"),
+    "reconstruct on a missing gpu": (["reconstruct", "--checkpoint", "r", "--out", "o", "--device", "cuda:99"],
+                                     "--device 'cuda:99'"),
+    "interpolate on no such device": (["interpolate", "--checkpoint", "r", "--out", "o", "--device", "gpu"],
+                                      "not a device"),
+    **({"sample on cuda without a gpu": (["sample", "--run-dir", "r", "--num", "2", "--out", "s.npy", "--device", "cuda"],
+                                         "no cuda device")} if not torch.cuda.is_available() else {}),
 }
 
 
