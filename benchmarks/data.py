@@ -1,4 +1,4 @@
-"""Data-path speed: sharding, loading and decoding (issue 3; DESIGN.md section 3b).
+"""Data-path speed: sharding, loading and decoding (issue 3; docs/design.md, 'Shard encodings').
 
     python benchmarks/data.py                      # full run, ~3-5 min on 2 cores
     python benchmarks/data.py --quick              # smaller inputs, ~1 min

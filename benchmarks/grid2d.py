@@ -4,7 +4,7 @@
     python benchmarks/grid2d.py --seeds 0 1 --set train.steps=5000 --out /tmp/g.json
 
 Each seed is one `dali-dist train` process followed by `dali-dist evaluate --metrics modes`
-(2,500 samples, DESIGN.md section 2). Prints a table (modes captured, % high quality, train
+(2,500 samples, docs/design.md, 'Metric protocols'). Prints a table (modes captured, % high quality, train
 wall time, ms/step) and writes JSON with every number and the command line.
 """
 

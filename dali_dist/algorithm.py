@@ -1,4 +1,4 @@
-"""One iteration of Algorithm 1 as explicit phases (DESIGN.md section 1).
+"""One iteration of Algorithm 1 as explicit phases (docs/design.md, 'One iteration of Algorithm 1').
 
 Each phase switches gradients on for exactly the networks it updates (StyleGAN style), so
 the D step can never move G or E and the G+E step can never move D's trunk or head, while

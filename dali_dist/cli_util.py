@@ -1,4 +1,4 @@
-"""Turn bad-input exceptions into one line on stderr and exit code 2 (DESIGN.md section 6)."""
+"""Turn bad-input exceptions into one line on stderr and exit code 2 (docs/design.md, 'Errors and exit codes')."""
 
 from __future__ import annotations
 

@@ -232,7 +232,7 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------
-# Validation: one readable message per inconsistent option (DESIGN.md section 5, point 4).
+# Validation: one readable message per inconsistent option (docs/design.md, 'Config validation').
 
 _POSITIVE_INT = {
     "train.dist_timeout_s", "train.steps", "train.batch_size", "train.d_steps", "train.log_every",

@@ -1,4 +1,4 @@
-"""Streaming WebDataset shards for training and evaluation (issue 3; DESIGN.md sections 3, 3b).
+"""Streaming WebDataset shards for training and evaluation (issue 3; docs/design.md, 'Distribution and data').
 
     from dali_dist.data import TrainStream, eval_batches, describe
     stream = TrainStream("data/fmnist", batch_size=100, seed=0, rank=r, world_size=w, num_workers=2)
@@ -11,7 +11,7 @@ URL pattern: brace expansion (``dir/train/shard-{000000..000009}.tar``), local p
 ``{split}`` in a pattern is replaced by the split asked for.
 
 How the data is divided (never through torch.distributed, never through
-``accelerator.prepare``; DESIGN.md section 3):
+``accelerator.prepare``; docs/design.md, 'Per-rank shards'):
 
 * Every shard's sample count is known (from the manifest; for a bare pattern without one,
   from a counting pass over the shards). The split is one virtual sequence: for epoch ``e``

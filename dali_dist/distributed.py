@@ -37,7 +37,7 @@ def make_accelerator(cfg: Config) -> Accelerator:
     # +84 % per step on CPU against plain autocast (benchmarks/train_step.py).
     precision = "no"
     # D is called twice per step and BatchNorm buffers change in each call: broadcasting
-    # buffers from rank 0 at every forward would clobber them mid-step (DESIGN.md section 3).
+    # buffers from rank 0 at every forward would clobber them mid-step (docs/design.md, 'BatchNorm buffers').
     ddp = DistributedDataParallelKwargs(broadcast_buffers=False)
     pg = InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.train.dist_timeout_s))
     return Accelerator(

@@ -1,7 +1,7 @@
 """The one exception type that means "the user gave us something wrong".
 
 Entry points catch it, print ``error: <message>`` on one line and exit with code 2
-(see DESIGN.md section 6). Everything else is a bug and keeps its traceback.
+(see docs/design.md, 'Errors and exit codes'). Everything else is a bug and keeps its traceback.
 """
 
 

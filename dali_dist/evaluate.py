@@ -8,7 +8,7 @@ training run in MLflow at the checkpoint's step.
     accelerate launch -m dali_dist.evaluate --run-dir RUN ...          # work split across processes
     python -m dali_dist.evaluate ...                                   # the same as dali-dist evaluate
 
-Metrics (names encode the protocol, DESIGN.md section 2):
+Metrics (names encode the protocol, docs/design.md, 'Metric protocols'):
     fid    ``fid``: clean-fid protocol (uint8, clean resize, Inception, frechet_distance) on
            --num-samples generated images (default 50,000) against the train split's
            statistics, cached beside the shards in fid_stats/

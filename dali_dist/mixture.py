@@ -1,4 +1,4 @@
-"""The paper's 2D benchmark distribution: 25 Gaussians on a grid (DESIGN.md section 2)."""
+"""The paper's 2D benchmark distribution: 25 Gaussians on a grid (docs/design.md, 'Metric protocols')."""
 
 from __future__ import annotations
 

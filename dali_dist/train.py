@@ -95,7 +95,7 @@ class DeviceBatches:
 
         for x, _ in self.stream.batches(consumed):
             x = x.to(self.device, non_blocking=True)
-            # uint8 crosses the worker pipes and the PCIe bus; convert on the device (DESIGN 3b)
+            # uint8 crosses the worker pipes and the PCIe bus; convert on the device (docs/design.md, 'Shard encodings')
             yield to_float(x) if x.dtype == torch.uint8 else x
 
 

@@ -1,4 +1,4 @@
-"""The paper's 2D benchmark: a 25-Gaussian mixture on a grid (DESIGN.md section 2) -> shards.
+"""The paper's 2D benchmark: a 25-Gaussian mixture on a grid (docs/design.md, 'Metric protocols') -> shards.
 
     python -m data_prep.grid2d --out data/grid2d
     dali-dist prep grid2d --out data/grid2d [--num-train 100000] [--num-test 10000] [--seed 0]

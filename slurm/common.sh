@@ -3,7 +3,7 @@
 # check the inputs before any process group exists, start one `accelerate launch` per node,
 # and run the stop/requeue protocol. See slurm/README.md for every variable.
 #
-# Stop/requeue protocol (DESIGN.md section 3):
+# Stop/requeue protocol (docs/design.md, 'Stop and requeue'):
 #   * `#SBATCH --signal=B:USR1@<lead>` (or `scancel --signal=USR1 --batch JOB`) reaches only
 #     this batch shell. bash runs a trap only while it waits, so the step runs as
 #     `srun ... &` + `wait`, and `wait` is repeated after the trap returns.

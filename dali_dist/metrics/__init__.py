@@ -1,1 +1,1 @@
-"""Metric implementations; each names the protocol it follows (DESIGN.md section 2)."""
+"""Metric implementations; each names the protocol it follows (docs/design.md, 'Metric protocols')."""

@@ -1,4 +1,4 @@
-"""FID with clean-fid's protocol, driven by our own loop (DESIGN.md section 2).
+"""FID with clean-fid's protocol, driven by our own loop (docs/design.md, 'Metric protocols').
 
     FID = ||mu_g - mu_r||^2 + Tr(S_g + S_r - 2 (S_g S_r)^(1/2))      (cleanfid.fid.frechet_distance)
 

@@ -1,4 +1,4 @@
-"""Reconstruction MSE (Table 1, DESIGN.md section 2).
+"""Reconstruction MSE (Table 1, docs/design.md, 'Metric protocols').
 
 Over the whole test split, images scaled to [0, 1]:
     mse_i = mean over pixels (and channels) of (x_i - G(mu(x_i)))^2
