@@ -17,7 +17,7 @@ STORE=$(cd "$(dirname "$RUN_DIR")" && pwd)/mlflow.db
 cat <<EOT
 demo: done
   metrics:        $RUN_DIR/metrics.json
-  scatter plots:  $RUN_DIR/images/samples-<step>.png (blue: samples; red crosses: the 25 true modes)
+  scatter plots:  $RUN_DIR/images/samples-0015000.png, ... (step zero-padded to 7 digits; blue: samples, red crosses: the 25 true modes)
   samples:        $RUN_DIR/samples.npy
   look at the run in MLflow (then open http://127.0.0.1:5000, experiment "grid2d";
   MLflow 3 opens in GenAI mode: switch to the "Model training" view to see the runs):
