@@ -15,8 +15,7 @@ import typer
 
 from data_prep.cli import prep_app
 
-from .cli_util import check_device, exits_cleanly
-from .errors import UserError
+from .cli_util import check_device, checkpoint_options, chosen_checkpoint, exits_cleanly
 from .classifier import train_classifier_command
 from .evaluate import evaluate_command
 from .inference_cli import encode_command, interpolate_command, reconstruct_command
@@ -33,10 +32,13 @@ app.command("reconstruct")(reconstruct_command)
 app.command("interpolate")(interpolate_command)
 
 
+CHECKPOINT, RUN_DIR = checkpoint_options()
+
+
 @app.command("sample")
 def sample_command(
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A step-<N>/ folder or its export/."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Use the newest complete checkpoint of this run."),
+    checkpoint: Optional[Path] = CHECKPOINT,
+    run_dir: Optional[Path] = RUN_DIR,
     num: int = typer.Option(..., "--num", min=1, help="Number of samples."),
     out: Path = typer.Option(..., "--out", help="FILE.npy ((N, 2) float or (N, H, W, C) uint8) or a directory of PNGs."),
     seed: int = typer.Option(0, "--seed", help="Sample i uses z seeded by (seed, i)."),
@@ -48,13 +50,11 @@ def sample_command(
     import signal
     import sys
 
-    from .checkpoint import load_export, newest_checkpoint
+    from .checkpoint import load_export
     from .generate import GenerationStopped, check_samples_out, generate, write_samples
 
-    if (checkpoint is None) == (run_dir is None):
-        raise UserError("give exactly one of --checkpoint or --run-dir")
     check_device(device)
-    checkpoint = checkpoint or newest_checkpoint(run_dir)
+    checkpoint = chosen_checkpoint(checkpoint, run_dir)
     exp = load_export(checkpoint, device)
     is_2d = exp.cfg.data.dataset == "grid2d"
     check_samples_out(out, num, is_2d, overwrite)

@@ -119,3 +119,25 @@ def check_device(name: str | None):
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise UserError(f"--device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
+
+
+# One way to name what to load, on every command that reads a checkpoint.
+CHECKPOINT_HELP = "A step-<N>/ folder or its export/ (or give --run-dir)."
+RUN_DIR_HELP = "A run directory: its newest complete checkpoint (or give --checkpoint)."
+
+
+def checkpoint_options():
+    """The (--checkpoint, --run-dir) pair, the same help text everywhere."""
+    import typer
+
+    return (typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
+            typer.Option(None, "--run-dir", help=RUN_DIR_HELP))
+
+
+def chosen_checkpoint(checkpoint, run_dir):
+    """The checkpoint named by exactly one of --checkpoint and --run-dir."""
+    from .checkpoint import newest_checkpoint
+
+    if (checkpoint is None) == (run_dir is None):
+        raise UserError("give exactly one of --checkpoint or --run-dir")
+    return checkpoint if checkpoint is not None else newest_checkpoint(run_dir)

@@ -42,7 +42,7 @@ import typer
 
 from . import atomic
 from .checkpoint import Exported, complete_checkpoints, load_export, newest_checkpoint
-from .cli_util import check_device, exits_cleanly
+from .cli_util import CHECKPOINT_HELP, RUN_DIR_HELP, check_device, exits_cleanly
 from .errors import UserError
 from .generate import generate
 from .metrics.modes import mode_metrics
@@ -602,8 +602,8 @@ def watch(run_dir: Path, names: list[str], opts: EvalOptions, ranks: Ranks, *, t
 
 
 def evaluate_command(
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="A step-<N>/ folder or its export/."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Evaluate the newest complete checkpoint of this run."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help=CHECKPOINT_HELP),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help=RUN_DIR_HELP + " With --all-checkpoints or --watch: every one."),
     all_checkpoints: bool = typer.Option(False, "--all-checkpoints", help="With --run-dir: every complete checkpoint (a metric curve)."),
     watch_run: bool = typer.Option(False, "--watch", help="With --run-dir: evaluate each new checkpoint until RUN_DIR/exit_code says the run is done."),
     watch_timeout: float = typer.Option(7 * 24 * 3600.0, "--watch-timeout", min=0, help="Stop watching after this many seconds."),

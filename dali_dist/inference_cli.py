@@ -18,13 +18,13 @@ import torch
 import typer
 from tqdm import tqdm
 
-from .cli_util import check_device
+from .cli_util import check_device, checkpoint_options, chosen_checkpoint
 from .errors import UserError
 from .inference import DaliModel
 from .outputs import check_file, check_folder, save_npz
 from .visualize import image_grid_png, to_uint8_images
 
-CHECKPOINT = typer.Option(..., "--checkpoint", help="A step-<N>/ folder or its export/.")
+CHECKPOINT, RUN_DIR = checkpoint_options()
 DATA = typer.Option(None, "--data", help="Shard directory or URL pattern (default: the training data).")
 SPLIT = typer.Option("test", "--split", help="Which split to read.")
 DEVICE = typer.Option("cuda" if torch.cuda.is_available() else "cpu", "--device")
@@ -56,7 +56,8 @@ def _first(model: DaliModel, source: str, split: str, n: int):
 
 
 def encode_command(
-    checkpoint: Path = CHECKPOINT, data: Optional[str] = DATA, split: str = SPLIT,
+    checkpoint: Optional[Path] = CHECKPOINT, run_dir: Optional[Path] = RUN_DIR, data: Optional[str] = DATA,
+    split: str = SPLIT,
     out: Path = typer.Option(..., "--out", help="Output .npz: codes (mu), sigmas, labels, keys."),
     batch_size: int = typer.Option(500, "--batch-size", min=1), device: str = DEVICE, overwrite: bool = OVERWRITE,
 ) -> None:
@@ -64,7 +65,7 @@ def encode_command(
     from .data import describe, eval_batches
 
     check_file(out, overwrite=overwrite)
-    model = DaliModel.load(checkpoint, check_device(device), batch_size)
+    model = DaliModel.load(chosen_checkpoint(checkpoint, run_dir), check_device(device), batch_size)
     source = _source(model, data)
     total = describe(source, split).splits.get(split)
     codes, sigmas, labels, keys = [], [], [], []
@@ -82,14 +83,15 @@ def encode_command(
 
 
 def reconstruct_command(
-    checkpoint: Path = CHECKPOINT, data: Optional[str] = DATA, split: str = SPLIT,
+    checkpoint: Optional[Path] = CHECKPOINT, run_dir: Optional[Path] = RUN_DIR, data: Optional[str] = DATA,
+    split: str = SPLIT,
     num: int = typer.Option(32, "--num", min=1, help="How many samples (the first of the split)."),
     out: Path = typer.Option(..., "--out", help="Output directory: reconstructions.npz and grid.png."),
     device: str = DEVICE, overwrite: bool = OVERWRITE,
 ) -> None:
     """Reconstruct G(mu(x)); the grid shows each original beside its reconstruction."""
     check_folder(out, ["reconstructions.npz", "grid.png"], overwrite=overwrite)
-    model = DaliModel.load(checkpoint, check_device(device))
+    model = DaliModel.load(chosen_checkpoint(checkpoint, run_dir), check_device(device))
     x, y = _first(model, _source(model, data), split, num)
     rec = model.reconstruct(x).cpu()
     out.mkdir(parents=True, exist_ok=True)
@@ -104,7 +106,8 @@ def reconstruct_command(
 
 
 def interpolate_command(
-    checkpoint: Path = CHECKPOINT, data: Optional[str] = DATA, split: str = SPLIT,
+    checkpoint: Optional[Path] = CHECKPOINT, run_dir: Optional[Path] = RUN_DIR, data: Optional[str] = DATA,
+    split: str = SPLIT,
     pairs: int = typer.Option(8, "--pairs", min=1, help="Paths between consecutive samples of the split."),
     steps: int = typer.Option(10, "--steps", min=2, help="Points on each path, endpoints included."),
     out: Path = typer.Option(..., "--out", help="Output directory: interpolations.npz and grid.png."),
@@ -112,7 +115,7 @@ def interpolate_command(
 ) -> None:
     """Decode straight lines between the codes of pairs of real samples."""
     check_folder(out, ["interpolations.npz", "grid.png"], overwrite=overwrite)
-    model = DaliModel.load(checkpoint, check_device(device))
+    model = DaliModel.load(chosen_checkpoint(checkpoint, run_dir), check_device(device))
     x, _ = _first(model, _source(model, data), split, 2 * pairs)
     if len(x) < 2 * pairs:
         raise UserError(f"split {split!r} has {len(x)} samples, fewer than the {2 * pairs} that --pairs {pairs} needs")

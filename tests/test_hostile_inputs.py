@@ -98,6 +98,8 @@ CASES = {
     # option values Typer checks itself
     "option range": (["sample", "--run-dir", "r", "--num", "0", "--out", "s.npy"], "--num"),
     "unknown option": (["evaluate", "--nope"], "No such option"),
+    "nothing to load": (["encode", "--out", "z.npz"], "exactly one of --checkpoint or --run-dir"),
+    "two things to load": (["reconstruct", "--checkpoint", "a", "--run-dir", "b", "--out", "o"], "exactly one of"),
     # data and prep (harden-data)
     "verify negative count": (["prep", "verify", "m-negative", "--quiet"],
                               "m-negative/manifest.json: split 'train': shard 'train/shard-000000.tar' has count -5"),

@@ -116,9 +116,10 @@ def test_commands_never_replace_a_users_file_and_rerun_over_their_own(tmp_path, 
     assert _snapshot(tmp_path / "user") == before
 
     # their own output, written twice: the second run replaces the first without --overwrite
-    for _ in range(2):
-        assert run_cli("encode", *common, "--out", str(tmp_path / "own" / "z.npz")).returncode == 0
-        r = run_cli("reconstruct", *common, "--num", "3", "--out", str(tmp_path / "own"))
+    # (the second time through --run-dir: the same checkpoint, named the other way)
+    for name_it in (["--checkpoint", str(ck)], ["--run-dir", str(ck.parent.parent)]):
+        assert run_cli("encode", *name_it, "--data", str(sh), "--out", str(tmp_path / "own" / "z.npz")).returncode == 0
+        r = run_cli("reconstruct", *name_it, "--data", str(sh), "--num", "3", "--out", str(tmp_path / "own"))
         assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in (tmp_path / "own").iterdir()) == ["grid.png", "reconstructions.npz", "z.npz"]
     # and a user's file is replaced when they say so
