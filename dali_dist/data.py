@@ -50,6 +50,7 @@ import io
 import os
 import random
 import re
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -435,6 +436,11 @@ def _worker_id() -> int:
 
 def _worker_init(_):
     torch.set_num_threads(1)
+    # A scheduler's stop signal goes to every process of the job (Slurm signals the whole step);
+    # the main process acts on it and shuts its workers down itself. A worker that died of it
+    # first would end training with "DataLoader worker killed" instead of a checkpoint.
+    for sig in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class _Failure:

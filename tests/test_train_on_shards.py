@@ -68,3 +68,32 @@ def test_trainer_follows_the_corrupt_data_policy(tmp_path, mnist_shards):
     assert train(cfg, tmp_path / "lenient") == 0
     rec = json.loads((tmp_path / "lenient" / "stats.jsonl").read_text().splitlines()[-1])
     assert rec["step"] == 6 and rec["corrupt_samples_skipped"] >= 1
+
+
+@pytest.mark.timeout(180)
+def test_a_stop_signal_to_every_process_of_the_job_still_checkpoints(tmp_path, mnist_shards):
+    """Slurm signals every process of a step, data workers included: the run must still end
+    with a checkpoint and exit 75, not with "DataLoader worker killed by signal"."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import REPO
+
+    run = tmp_path / "run"
+    sets = [*TINY_IMG, "data.num_workers=1", "train.steps=100000", "train.checkpoint_every=100000"]
+    p = subprocess.Popen([sys.executable, "-m", "dali_dist.cli", "train", "--config", "mnist", "--data", str(mnist_shards),
+                          "--run-dir", str(run), *[a for s in sets for a in ("--set", s)]],
+                         env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, start_new_session=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "stats.jsonl").is_file() or len((run / "stats.jsonl").read_text().splitlines()) < 2:
+        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+        time.sleep(0.5)
+    os.killpg(p.pid, signal.SIGTERM)  # the whole process group: trainer and data worker
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 75, err[-3000:]
+    assert "Traceback" not in err and (run / "exit_code").read_text().strip() == "75"
+    assert list((run / "checkpoints").glob("step-*"))
