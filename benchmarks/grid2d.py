@@ -34,7 +34,7 @@ def run_seed(seed: int, run_root: Path, overrides: list[str], threads: int, name
     process_s = time.perf_counter() - start
     out = run_dir / "metrics.json"
     subprocess.run([sys.executable, "-m", "dali_dist.cli", "evaluate", "--run-dir", str(run_dir),
-                    "--metrics", "modes", "--out", str(out)], check=True, env=env, stdout=subprocess.DEVNULL)
+                    "--metrics", "modes", "--out", str(out), "--overwrite"], check=True, env=env, stdout=subprocess.DEVNULL)
     metrics = json.loads(out.read_text())
     last = json.loads((run_dir / "stats.jsonl").read_text().splitlines()[-1])
     return {

@@ -74,7 +74,7 @@ def main() -> None:
             ckpt = dict(complete_checkpoints(run_dir))[args.steps]
         out = args.run_root / f"metrics-{run_dir.name}.json"
         cli("evaluate", "--checkpoint", str(ckpt), "--metrics", "is,mse", "--num-samples", str(args.num_samples),
-            "--out", str(out), "--no-progress", threads=args.threads)
+            "--out", str(out), "--no-progress", "--overwrite", threads=args.threads)
         rows[name] = {"checkpoint": str(ckpt), **json.loads(out.read_text())}
 
     print(f"\nDALI on Fashion-MNIST, {args.steps} steps, seed {args.seed}\n")

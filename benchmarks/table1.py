@@ -209,14 +209,14 @@ def main() -> None:
             metrics += ",mse,probe,knn" if variant != "gan" else ""
             out = run_dir / "metrics.json"
             cli("evaluate", "--run-dir", str(run_dir), "--metrics", metrics, "--num-samples", str(args.num_samples),
-                "--out", str(out), "--no-progress", *extra, threads=args.threads)
+                "--out", str(out), "--no-progress", "--overwrite", *extra, threads=args.threads)
             result = json.loads(out.read_text())
             last = json.loads((run_dir / "stats.jsonl").read_text().splitlines()[-1])
             result["train_s"] = last["elapsed_s"]
             # the curve: every kept checkpoint, same protocol (recorded values are reused)
             curve_out = run_dir / "curve.json"
             cli("evaluate", "--run-dir", str(run_dir), "--all-checkpoints", "--metrics", "is" if grey else "fid",
-                "--num-samples", str(args.num_samples), "--out", str(curve_out), "--no-progress", *extra,
+                "--num-samples", str(args.num_samples), "--out", str(curve_out), "--no-progress", "--overwrite", *extra,
                 threads=args.threads)
             history = json.loads(curve_out.read_text()).get("history", [])
             curves[(variant, seed)] = [(h["step"], h[fid_key]) for h in history if fid_key in h]

@@ -10,7 +10,7 @@ RUN_DIR=${RUN_DIR:-runs/demo-grid2d}
 DALI=.venv/bin/dali-dist
 if [ -d "$RUN_DIR/checkpoints" ]; then RESUME=(--resume auto); else RESUME=(); fi
 $DALI train --config grid2d --run-dir "$RUN_DIR" "${RESUME[@]}" "$@"
-$DALI evaluate --run-dir "$RUN_DIR" --metrics modes --out "$RUN_DIR/metrics.json"
+$DALI evaluate --run-dir "$RUN_DIR" --metrics modes --out "$RUN_DIR/metrics.json" --overwrite
 # the run dir is the demo's own: a rerun replaces its samples (.npy carries no ownership mark)
 $DALI sample --run-dir "$RUN_DIR" --num 2500 --out "$RUN_DIR/samples.npy" --overwrite
 STORE=$(cd "$(dirname "$RUN_DIR")" && pwd)/mlflow.db

@@ -375,7 +375,7 @@ dali_smoke() {
   if [ -n "$metrics" ]; then
     dali_log "SMOKE: part 3/3: evaluate $metrics on $num samples"
     "${evaluate[@]}" -m dali_dist.evaluate --run-dir "$RUN_DIR" --metrics "$metrics" --num-samples "$num" \
-      --out "$RUN_DIR/smoke-metrics.json" || dali_die "SMOKE FAILED: evaluation failed" 1
+      --out "$RUN_DIR/smoke-metrics.json" --overwrite || dali_die "SMOKE FAILED: evaluation failed" 1
   else
     dali_log "SMOKE: part 3/3: no metric for $DATASET in this version: generate $num samples instead"
     "${evaluate[@]}" -m dali_dist.cli sample --run-dir "$RUN_DIR" --num "$num" --out "$RUN_DIR/smoke-samples.npy" --overwrite \
