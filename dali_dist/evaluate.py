@@ -32,6 +32,7 @@ checkpoint as evaluated (see ``evaluated_steps``), so pruning can keep unevaluat
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -575,11 +576,32 @@ def _exit_code(run_dir: Path) -> Optional[str]:
     return code
 
 
+# Slurm job states after which a job will not run again (a requeued job is PENDING, not over)
+SLURM_OVER = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+              "DEADLINE", "PREEMPTED"}
+
+
+def slurm_job_over(job_id: str) -> bool:
+    """True once Slurm reports the job in a final state, or has forgotten it."""
+    import subprocess
+
+    try:
+        r = subprocess.run(["scontrol", "show", "job", "-o", str(job_id)], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return False  # no answer is not a verdict: look again at the next poll
+    state = next((f.split("=", 1)[1] for f in r.stdout.split() if f.startswith("JobState=")), None)
+    return state is None or state in SLURM_OVER
+
+
 def watch(run_dir: Path, names: list[str], opts: EvalOptions, ranks: Ranks, *, track: bool, force: bool,
-          timeout: float, interval: float, on_result: Callable[[dict], None]) -> None:
+          timeout: float, interval: float, on_result: Callable[[dict], None],
+          job_over: Optional[Callable[[], bool]] = None) -> None:
+    """Evaluate each new complete checkpoint once, until the trainer records a final exit code,
+    ``job_over()`` says its job is over (then one last pass), or the timeout."""
     deadline = time.monotonic() + timeout
     done: set[int] = set()
     while True:
+        over = ranks.broadcast(bool(job_over and job_over()) if ranks.is_main else None)  # before listing: a last pass
         code = ranks.broadcast(_exit_code(run_dir) if ranks.is_main else None)
         todo = ranks.broadcast([(s, str(p)) for s, p in complete_checkpoints(run_dir) if s not in done]
                                if ranks.is_main else None)
@@ -595,6 +617,9 @@ def watch(run_dir: Path, names: list[str], opts: EvalOptions, ranks: Ranks, *, t
             msg = "finished" if code == "0" else f"stopped with exit code {code}"
             print(f"watch: training {msg}; evaluated {len(done)} checkpoint(s)", file=sys.stderr)
             return
+        if over:
+            print(f"watch: the training job is over; evaluated {len(done)} checkpoint(s)", file=sys.stderr)
+            return
         if time.monotonic() >= deadline:
             print(f"watch: --watch-timeout reached; evaluated {len(done)} checkpoint(s)", file=sys.stderr)
             return
@@ -608,6 +633,7 @@ def evaluate_command(
     watch_run: bool = typer.Option(False, "--watch", help="With --run-dir: evaluate each new checkpoint until RUN_DIR/exit_code says the run is done."),
     watch_timeout: float = typer.Option(7 * 24 * 3600.0, "--watch-timeout", min=0, help="Stop watching after this many seconds."),
     watch_interval: float = typer.Option(60.0, "--watch-interval", min=0, help="Seconds between looks for new checkpoints."),
+    slurm_job: Optional[str] = typer.Option(None, "--slurm-job", help="With --watch: also end, after a last pass, when this Slurm job is over."),
     metrics: str = typer.Option("modes", "--metrics", help=f"Comma-separated: {', '.join(METRICS)}."),
     data: Optional[str] = typer.Option(None, "--data", help="Shards to evaluate against (default: the config's data.source)."),
     num_samples: Optional[int] = typer.Option(None, "--num-samples", min=1, help="Generated samples (default: 50,000 for fid/is; eval.num_samples for modes)."),
@@ -628,6 +654,8 @@ def evaluate_command(
         raise UserError("--all-checkpoints and --watch need --run-dir")
     if all_checkpoints and watch_run:
         raise UserError("give at most one of --all-checkpoints and --watch")
+    if slurm_job is not None and not (watch_run and re.fullmatch(r"\d+(_\d+)?", slurm_job)):
+        raise UserError(f"--slurm-job {slurm_job!r}: a Slurm job id (1234 or 1234_5), with --watch")
     if out is not None:
         check_file(out, overwrite=overwrite)  # before minutes of sampling, not after
     names = _names(metrics)
@@ -654,7 +682,8 @@ def evaluate_command(
         if not run_dir.is_dir():
             raise UserError(f"--run-dir {run_dir}: no such directory")
         watch(run_dir, names, opts, ranks, track=track, force=force, timeout=watch_timeout,
-              interval=watch_interval, on_result=emit)
+              interval=watch_interval, on_result=emit,
+              job_over=(lambda: slurm_job_over(slurm_job)) if slurm_job else None)
     elif all_checkpoints:
         ckpts = complete_checkpoints(run_dir)
         if not ckpts:

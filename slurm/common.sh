@@ -388,14 +388,6 @@ dali_smoke() {
 # Evaluation job (slurm/eval.sbatch)
 # ---------------------------------------------------------------------------------------
 
-# Complete checkpoints of RUN_DIR, oldest first (only complete ones carry the step-<N> name).
-dali_checkpoints() {
-  local d
-  for d in "$RUN_DIR"/checkpoints/step-*; do
-    [ -f "$d/train_state.json" ] && [ -f "$d/export/meta.json" ] && printf '%s\n' "${d##*/step-} $d"
-  done | sort -n | cut -d' ' -f2-
-}
-
 # State of the training job, or "gone" once Slurm has forgotten it.
 dali_job_state() {
   local st
@@ -408,34 +400,6 @@ dali_job_is_over() {
     gone | COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE) return 0 ;;
     *) return 1 ;;
   esac
-}
-
-# Evaluate one checkpoint into RUN_DIR/metrics/step-<N>.json (skipped when that file exists;
-# RUN_DIR/eval/ is dali-dist evaluate's own record). EVAL_ARGS: extra evaluate arguments.
-# Returns 0 on success or when the checkpoint was pruned meanwhile, 1 on a real failure.
-dali_eval_one() {
-  local ck=$1 step out
-  step=${ck##*/step-}
-  out="$RUN_DIR/metrics/step-$step.json"
-  [ -f "$out" ] && return 0
-  [ -f "$RUN_DIR/metrics/step-$step.failed" ] && return 1
-  mkdir -p "$RUN_DIR/metrics"
-  dali_log "evaluating step $step: $EVAL_METRICS${NUM_SAMPLES:+ on $NUM_SAMPLES samples}"
-  local extra=()
-  [ -n "${NUM_SAMPLES:-}" ] && extra+=(--num-samples "$NUM_SAMPLES")
-  [ -n "${DATA:-}" ] && extra+=(--data "$DATA")
-  # shellcheck disable=SC2086  # SRUN_ARGS: extra srun options, split on spaces on purpose
-  if srun --nodes=1 --ntasks=1 --cpus-per-task="$DALI_CPUS_PER_TASK" ${SRUN_ARGS:-} \
-    "$DALI_PYTHON" -m dali_dist.evaluate --checkpoint "$ck" --metrics "$EVAL_METRICS" "${extra[@]}" "${EVAL_ARGS[@]}" --out "$out" \
-    </dev/null; then  # srun forwards stdin: it would eat the caller's list of checkpoints
-    return 0
-  fi
-  if [ ! -d "$ck" ]; then
-    dali_log "step $step was pruned by the trainer before its evaluation finished: skipped"
-    return 0
-  fi
-  touch "$RUN_DIR/metrics/step-$step.failed"
-  return 1
 }
 
 dali_eval_job() {
@@ -479,40 +443,23 @@ dali_eval_job() {
   [ -n "${TRACKING_URI:-}" ] && export MLFLOW_TRACKING_URI="$TRACKING_URI"
   dali_log "eval job ${SLURM_JOB_ID:-?}: run dir $RUN_DIR, metrics $EVAL_METRICS, $([ "$watch" = 1 ] && echo "watching${train_job:+ training job $train_job} every ${interval}s" || echo "newest checkpoint")"
 
-  local failures=0 ck
-  if [ "$watch" != 1 ]; then
-    ck=$(dali_checkpoints | tail -n1)
-    [ -n "$ck" ] || dali_die "$RUN_DIR: no complete checkpoint to evaluate"
-    dali_eval_one "$ck" || failures=1
-  else
-    # Evaluate every complete checkpoint once, as it appears; stop when the trainer has
-    # recorded exit_code 0 (or its job is over) and everything there has been evaluated.
-    local finished code
-    while :; do
-      finished=0
-      code=$(tr -d "[:space:]" 2>/dev/null <"$RUN_DIR/exit_code")
-      if [ "$code" = 0 ]; then
-        finished=1
-      elif [ -n "$train_job" ] && dali_job_is_over "$train_job"; then
-        dali_log "training job $train_job is over (state $(dali_job_state "$train_job")): last pass"
-        finished=1
-      fi
-      while IFS= read -r ck; do
-        [ -n "$ck" ] || continue
-        dali_eval_one "$ck" || failures=$((failures + 1))
-      done < <(dali_checkpoints)
-      [ "$finished" = 1 ] && break
-      sleep "$interval"
-    done
+  # dali-dist evaluate does the work: one record per checkpoint in RUN_DIR/eval/ (a requeued
+  # job skips what is recorded), RUN_DIR/metrics.json the newest (with the history when watching).
+  local args=(--run-dir "$RUN_DIR" --metrics "$EVAL_METRICS" --out "$RUN_DIR/metrics.json" --overwrite)
+  [ -n "${NUM_SAMPLES:-}" ] && args+=(--num-samples "$NUM_SAMPLES")
+  [ -n "${DATA:-}" ] && args+=(--data "$DATA")
+  if [ "$watch" = 1 ]; then
+    args+=(--watch --watch-interval "$interval")
+    [ -n "$train_job" ] && args+=(--slurm-job "$train_job")
   fi
-  # RUN_DIR/metrics.json: the newest evaluated checkpoint.
-  local newest
-  newest=$(find "$RUN_DIR/metrics" -maxdepth 1 -name 'step-*.json' 2>/dev/null | sed 's/.*step-\([0-9]*\)\.json$/\1 &/' | sort -n | tail -n1 | cut -d' ' -f2-)
-  if [ -n "$newest" ]; then
-    cp "$newest" "$RUN_DIR/metrics.json.tmp" && mv "$RUN_DIR/metrics.json.tmp" "$RUN_DIR/metrics.json"
-    dali_log "metrics of the newest evaluated checkpoint (step $(basename "$newest" .json | cut -d- -f2)): $RUN_DIR/metrics.json"
-  fi
-  [ "$failures" -eq 0 ] || dali_die "$failures evaluation(s) failed (see above)" 1
+  # shellcheck disable=SC2086  # SRUN_ARGS: extra srun options, split on spaces on purpose
+  srun --nodes=1 --ntasks=1 --cpus-per-task="$DALI_CPUS_PER_TASK" ${SRUN_ARGS:-} \
+    "$DALI_PYTHON" -m dali_dist.evaluate "${args[@]}" "${EVAL_ARGS[@]}" </dev/null \
+    || dali_die "evaluation failed (see above)" 1
+  local step
+  step=$("$DALI_PYTHON" -c 'import json, sys; print(json.load(open(sys.argv[1]))["step"])' "$RUN_DIR/metrics.json" 2>/dev/null) \
+    || dali_die "$RUN_DIR/metrics.json: not written" 1
+  dali_log "metrics of the newest evaluated checkpoint (step $step): $RUN_DIR/metrics.json"
 }
 
 # ---------------------------------------------------------------------------------------

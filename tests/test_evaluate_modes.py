@@ -84,6 +84,32 @@ def test_watch_timeout_and_bad_combinations(tmp_path, tiny_grid_cfg):
     assert r.returncode == 2 and "applies to images" in r.stderr
 
 
+def test_watch_ends_after_a_last_pass_when_the_slurm_job_is_over(tmp_path, tiny_grid_cfg):
+    """No exit_code (the job was killed): a fake scontrol reports the job's state."""
+    import os
+
+    run = tmp_path / "run"
+    assert train(tiny_grid_cfg("train.steps=10"), run) == 0
+    (run / "exit_code").unlink()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text('#!/bin/sh\necho "JobId=$4 JobName=dali-train JobState=$(cat ' + str(tmp_path / "state") + ')"\n')
+    scontrol.chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    args = ["evaluate", "--run-dir", str(run), "--metrics", "modes", "--num-samples", "50", "--watch",
+            "--watch-interval", "0.2", "--slurm-job", "77", "--no-progress"]
+    (tmp_path / "state").write_text("CANCELLED")
+    r = run_cli(*args, "--watch-timeout", "600", env=env)
+    assert r.returncode == 0 and "the training job is over" in r.stderr, r.stderr[-2000:]
+    assert evaluated_steps(run) == {10}
+    (tmp_path / "state").write_text("PENDING")  # requeued: not over, so only the timeout ends it
+    r = run_cli(*args, "--watch-timeout", "1", env=env)
+    assert r.returncode == 0 and "--watch-timeout reached" in r.stderr, r.stderr[-2000:]
+    r = run_cli("evaluate", "--run-dir", str(run), "--slurm-job", "x; rm -rf /", "--watch")
+    assert r.returncode == 2 and "a Slurm job id" in r.stderr
+
+
 def test_fid_without_clean_fid_says_what_to_install(tmp_path, tiny_grid_cfg):
     try:
         import cleanfid.fid  # noqa: F401

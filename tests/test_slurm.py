@@ -245,7 +245,7 @@ def test_signal_checkpoint_requeue_resume_same_run_then_evaluate(cluster, tmp_pa
     assert info["JobState"] == "COMPLETED", wlog[-3000:]
     assert f"watching training job {job}" in wlog
     assert f"metrics of the newest evaluated checkpoint (step {steps})" in wlog, wlog[-3000:]
-    evaluated = sorted(int(p.stem.split("-")[1]) for p in (run_dir / "metrics").glob("step-*.json"))
+    evaluated = sorted(int(p.stem.split("-")[1]) for p in (run_dir / "eval").glob("step-*.json"))
     assert steps in evaluated and len(evaluated) >= 2, evaluated
 
 
