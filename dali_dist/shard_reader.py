@@ -108,7 +108,7 @@ def _tar_members(f, url: str, want=None):
         seekable = f.seekable()
     except Exception:
         seekable = False
-    long_name = None
+    long_name = pax_size = None
     while True:
         hdr = f.read(_BLOCK)
         if not hdr:
@@ -130,10 +130,15 @@ def _tar_members(f, url: str, want=None):
             if typ == b"L":
                 long_name = data.rstrip(b"\0").decode("utf-8", "replace")
             else:
-                for rec in data.split(b"\n"):
-                    if b" path=" in rec:
-                        long_name = rec.split(b" path=", 1)[1].decode("utf-8", "replace")
+                pax = _pax_records(data, url)
+                long_name = pax.get("path", long_name)
+                pax_size = pax.get("size")
             continue
+        if pax_size is not None:  # pax carries sizes beyond the 8 GiB of the ustar field
+            if not pax_size.isdigit():
+                raise UserError(f"{url}: truncated or corrupt tar (pax size {pax_size[:40]!r})")
+            size, pax_size = int(pax_size), None
+            padded = (size + _BLOCK - 1) // _BLOCK * _BLOCK
         if long_name is not None:
             name, long_name = long_name, None
         else:
@@ -150,6 +155,23 @@ def _tar_members(f, url: str, want=None):
             continue
         data = _read_exact(f, padded, url, name)
         yield name, data[:size] if padded != size else data
+
+
+def _pax_records(data: bytes, url: str) -> dict[str, str]:
+    """POSIX pax records, ``"<len> <key>=<value>\\n"`` each, where <len> counts the whole
+    record: values may hold newlines, so records are cut by length, not by line."""
+    out, i = {}, 0
+    while i < len(data) and data[i:i + 1] != b"\0":
+        space = data.find(b" ", i)
+        length = data[i:space]
+        if space < 0 or not length.isdigit() or int(length) < 5 or i + int(length) > len(data):
+            raise UserError(f"{url}: truncated or corrupt tar (bad pax record)")
+        record = data[space + 1:i + int(length)]
+        key, eq, value = record.rstrip(b"\n").partition(b"=")
+        if eq:
+            out[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
+        i += int(length)
+    return out
 
 
 def _split_name(name: str) -> tuple[str, str]:
