@@ -12,6 +12,8 @@ Prints a table and writes JSON. Measures, on this machine:
   PNG ``torch.utils.data.Dataset`` over the same images, same batch size and worker count,
   side by side in one run, at 28 px (Fashion-MNIST) and 64 px;
 * decode images/s on one core (bytes in memory -> uint8 batch), 32 and 64 px;
+* tar readers side by side (--tar-only runs just this): ours, webdataset's own pipeline and
+  Python's tarfile over the same Fashion-MNIST shards;
 * what the trainer consumes for the 28 px model (a DCGAN-28 DALI step on this CPU).
 Synthetic images are built from Fashion-MNIST garments (upscaled, coloured) so PNG
 compression behaves roughly like on real photos, not like on noise.
@@ -224,6 +226,39 @@ def trainer_rate(shards: Path, batch: int = 100, steps: int = 8) -> dict:
 # ------------------------------------------------------------------------------------------ main
 
 
+def tar_reader_rates(shard_dir: Path, repeats: int) -> dict:
+    """Samples/s of three tar readers over the same shards, one process, best of ``repeats``:
+    ours (dali_dist/shard_reader.py), webdataset's own pipeline (its tar expander and key
+    grouping, no decoding), and Python's tarfile (members only, no grouping)."""
+    import webdataset as wds
+
+    files = sorted(str(p) for p in (shard_dir / "train").glob("*.tar"))
+
+    def ours():
+        return sum(1 for f in files for _ in iter_shard_samples(f))
+
+    def webdataset_pipeline():
+        return sum(1 for _ in wds.WebDataset(files, shardshuffle=False, empty_check=False))
+
+    def python_tarfile():
+        n = 0
+        for f in files:
+            with tarfile.open(f) as tf:
+                for m in tf:
+                    if m.isreg():
+                        tf.extractfile(m).read()
+                        n += m.name.endswith((".pgm", ".ppm", ".png"))
+        return n
+
+    rates: dict = {}
+    for _ in range(repeats):  # interleaved, best kept (a shared machine only ever slows a run)
+        for name, fn in (("ours", ours), ("webdataset", webdataset_pipeline), ("tarfile", python_tarfile)):
+            t0 = time.perf_counter()
+            n = fn()
+            rates.setdefault(name, []).append(n / (time.perf_counter() - t0))
+    return {name: max(v) for name, v in rates.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="prep and loader workers")
@@ -231,7 +266,21 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "data.json")
     ap.add_argument("--quick", action="store_true", help="smaller inputs")
     ap.add_argument("--repeats", type=int, default=3, help="loader measurements per case (best kept)")
+    ap.add_argument("--tar-only", action="store_true", help="only the tar readers side by side (Fashion-MNIST raw shards)")
     args = ap.parse_args()
+    if args.tar_only:
+        shards = args.work / "fm-raw"
+        if not (shards / "manifest.json").is_file():
+            timed_build(MnistSource(FASHION), shards, args.workers, "raw", 10000)
+        rates = tar_reader_rates(shards, args.repeats)
+        print(f"| tar reader, one process, best of {args.repeats} (Fashion-MNIST raw shards, 60k samples) | samples/s |")
+        print("|---|---:|")
+        for name, r in rates.items():
+            print(f"| {name} | {r:,.0f} |")
+        out = args.out.with_name("data_tar_readers.json")
+        out.write_text(json.dumps({"command": "python benchmarks/data.py --tar-only", "samples_per_s": rates}, indent=1) + "\n")
+        print(f"\nwrote {out}", file=sys.stderr)
+        return
     W, work = args.workers, args.work
     work.mkdir(parents=True, exist_ok=True)
     q = args.quick
@@ -293,6 +342,9 @@ def main() -> None:
     load = {k: max(v) for k, v in runs.items()}
     res["loader"] = load
     res["loader_runs"] = runs
+    if has_fashion:
+        log("tar readers ...")
+        res["tar_readers_samples_per_s"] = tar_reader_rates(work / "fm-raw", args.repeats)
 
     # -- the trainer's appetite at 28 px
     log("trainer step ...")
@@ -306,6 +358,9 @@ def main() -> None:
     lines += [f"| {k} | {v['items']} | {v['seconds']:.1f} | {v['per_s']:,.0f} | {v['bytes_per_item']:,.0f} |" for k, v in prep.items()]
     lines += ["", f"| loader, {W} workers, float32 batches, best of {args.repeats} | source | images/s |", "|---|---|---:|"]
     lines += [f"| {k.split(' | ')[0]} | {k.split(' | ')[1]} | {v:,.0f} |" for k, v in load.items()]
+    if "tar_readers_samples_per_s" in res:
+        lines += ["", "| tar reader, one process (Fashion-MNIST raw shards) | samples/s |", "|---|---:|"]
+        lines += [f"| {k} | {v:,.0f} |" for k, v in res["tar_readers_samples_per_s"].items()]
     lines += ["", "| decode on one core (bytes -> uint8 batch) | images/s |", "|---|---:|"]
     lines += [f"| {k} | {v:,.0f} |" for k, v in dec.items()]
     tr = res["trainer_28px"]
