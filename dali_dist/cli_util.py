@@ -141,3 +141,12 @@ def chosen_checkpoint(checkpoint, run_dir):
     if (checkpoint is None) == (run_dir is None):
         raise UserError("give exactly one of --checkpoint or --run-dir")
     return checkpoint if checkpoint is not None else newest_checkpoint(run_dir)
+
+
+def run_single(command) -> None:
+    """One Typer command as a whole program (``python -m data_prep.<name>``)."""
+    import typer
+
+    app = typer.Typer(add_completion=False)
+    app.command()(command)
+    exits_cleanly(app)()

@@ -25,7 +25,7 @@ import typer
 
 from dali_dist.errors import UserError
 
-from . import common
+from . import common, options
 from .shards import Source, build
 
 ZIP = "img_align_celeba.zip"
@@ -156,16 +156,16 @@ class CelebASource(Source):
 
 def command(
     source: Path = typer.Option(..., "--source", help="img_align_celeba.zip, img_align_celeba/, or a folder with either."),
-    out: Path = common.OUT,
+    out: Path = options.OUT,
     partition: Optional[Path] = typer.Option(None, "--partition", help="list_eval_partition.txt (default: found beside the source)."),
     resolution: int = typer.Option(64, "--resolution", help="Output side in pixels (64 or 128)."),
     crop: int = typer.Option(160, "--crop", help="Centre crop side before resizing (160 of the 178x218 aligned images)."),
-    encoding: str = common.ENCODING,
-    shard_size: int = common.SHARD_SIZE,
-    workers: int = common.WORKERS,
-    force: bool = common.FORCE,
-    max_corrupt: int = common.MAX_CORRUPT,
-    quiet: bool = common.QUIET,
+    encoding: str = options.ENCODING,
+    shard_size: int = options.SHARD_SIZE,
+    workers: int = options.WORKERS,
+    force: bool = options.FORCE,
+    max_corrupt: int = options.MAX_CORRUPT,
+    quiet: bool = options.QUIET,
 ) -> None:
     """CelebA aligned images + list_eval_partition.txt -> WebDataset shards (train/valid/test)."""
     src = CelebASource(source, resolution, crop, partition, progress=not quiet)
@@ -174,7 +174,7 @@ def command(
 
 
 def main() -> None:
-    from .cli import run_single
+    from dali_dist.cli_util import run_single
 
     run_single(command)
 

@@ -29,7 +29,7 @@ import typer
 
 from dali_dist.errors import UserError
 
-from . import common
+from . import common, options
 from .shards import Source, build
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -211,15 +211,15 @@ def download(dest: Path, url: str = URL, md5: str = MD5, progress: bool = True) 
 
 def command(
     source: Path = typer.Option(..., "--source", help="cifar-10-python.tar.gz, cifar-10-batches-py/, or a folder with either."),
-    out: Path = common.OUT,
+    out: Path = options.OUT,
     download_: bool = typer.Option(False, "--download", help="Fetch the official archive into --source first (md5-checked)."),
     resolution: int = typer.Option(32, "--resolution", help="Side in pixels (32 keeps the originals; else LANCZOS resize)."),
-    encoding: str = common.ENCODING,
-    shard_size: int = common.SHARD_SIZE,
-    workers: int = common.WORKERS,
-    force: bool = common.FORCE,
-    max_corrupt: int = common.MAX_CORRUPT,
-    quiet: bool = common.QUIET,
+    encoding: str = options.ENCODING,
+    shard_size: int = options.SHARD_SIZE,
+    workers: int = options.WORKERS,
+    force: bool = options.FORCE,
+    max_corrupt: int = options.MAX_CORRUPT,
+    quiet: bool = options.QUIET,
 ) -> None:
     """CIFAR-10 python release -> WebDataset shards (train 50,000 / test 10,000)."""
     if download_:
@@ -230,7 +230,7 @@ def command(
 
 
 def main() -> None:
-    from .cli import run_single
+    from dali_dist.cli_util import run_single
 
     run_single(command)
 

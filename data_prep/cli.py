@@ -29,13 +29,6 @@ prep_app.command("grid2d")(grid2d.command)
 prep_app.command("verify")(verify.command)
 
 
-def run_single(command) -> None:
-    """``python -m data_prep.<name>``: one command as a whole program."""
-    app = typer.Typer(add_completion=False)
-    app.command()(command)
-    exits_cleanly(app)()
-
-
 def main() -> None:
     exits_cleanly(prep_app)()
 

@@ -1,14 +1,11 @@
 """Helpers shared by the source modules: safe archive reading, image crops and resizes,
-source checksums, and the typer options every ``prep`` command takes."""
+source checksums (the options they share are in options.py)."""
 
 from __future__ import annotations
-
-import typer
 
 import hashlib
 import io
 import lzma
-import os
 import stat
 import tarfile
 import zipfile
@@ -182,17 +179,3 @@ def require_exists(path: Path, what: str = "source") -> Path:
     if not path.exists():
         raise UserError(f"{path}: no such file or directory ({what})")
     return path
-
-
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 1)))
-
-
-# Options every image command shares (typer takes the same OptionInfo as several defaults).
-OUT = typer.Option(..., "--out", help="Output shard directory.")
-ENCODING = typer.Option("png", "--encoding", help="png (lossless, small) or raw (binary PGM/PPM: uncompressed uint8, fastest to decode).")
-SHARD_SIZE = typer.Option(5000, "--shard-size", help="Samples per shard.")
-WORKERS = typer.Option(default_workers(), "--workers", help="Processes decoding and encoding images.")
-FORCE = typer.Option(False, "--force", help="Rebuild every shard.")
-MAX_CORRUPT = typer.Option(100, "--max-corrupt", help="Fail when more inputs than this are corrupt or missing.")
-QUIET = typer.Option(False, "--quiet", help="No progress bar.")

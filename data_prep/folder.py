@@ -28,7 +28,7 @@ import typer
 
 from dali_dist.errors import UserError
 
-from . import common
+from . import common, options
 from .shards import Source, build
 
 SPLIT_DIRS = {"train": "train", "test": "test", "val": "test", "valid": "test", "validation": "test"}
@@ -133,17 +133,17 @@ class FolderSource(Source):
 
 def command(
     source: Path = typer.Option(..., "--source", help="Folder of images (optionally train/ and test/ sub-folders, class sub-folders)."),
-    out: Path = common.OUT,
+    out: Path = options.OUT,
     resolution: int = typer.Option(64, "--resolution", help="Output side in pixels."),
     channels: int = typer.Option(3, "--channels", help="1 (grey) or 3 (RGB)."),
     crop: Optional[int] = typer.Option(None, "--crop", help="Centre crop side before resizing (default: the largest square)."),
     test_fraction: float = typer.Option(0.05, "--test-fraction", help="Held-out share when there are no train/ test/ folders."),
-    encoding: str = common.ENCODING,
-    shard_size: int = common.SHARD_SIZE,
-    workers: int = common.WORKERS,
-    force: bool = common.FORCE,
-    max_corrupt: int = common.MAX_CORRUPT,
-    quiet: bool = common.QUIET,
+    encoding: str = options.ENCODING,
+    shard_size: int = options.SHARD_SIZE,
+    workers: int = options.WORKERS,
+    force: bool = options.FORCE,
+    max_corrupt: int = options.MAX_CORRUPT,
+    quiet: bool = options.QUIET,
 ) -> None:
     """A folder of images -> WebDataset shards (train/test)."""
     src = FolderSource(source, resolution, channels, crop, test_fraction, progress=not quiet)
@@ -152,7 +152,7 @@ def command(
 
 
 def main() -> None:
-    from .cli import run_single
+    from dali_dist.cli_util import run_single
 
     run_single(command)
 

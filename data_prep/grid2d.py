@@ -92,7 +92,7 @@ def command(
 
 
 def main() -> None:
-    from .cli import run_single
+    from dali_dist.cli_util import run_single
 
     run_single(command)
 

@@ -21,7 +21,7 @@ import typer
 
 from dali_dist.errors import UserError
 
-from . import common
+from . import common, options
 from .shards import Source, build
 
 FILES = {
@@ -134,15 +134,15 @@ class MnistSource(Source):
 
 def command(
     source: Path = typer.Option(..., "--source", help="Folder with train-*/t10k-* idx files (gzip or not)."),
-    out: Path = common.OUT,
+    out: Path = options.OUT,
     resolution: int = typer.Option(28, "--resolution", help="Side in pixels (28 keeps the originals; else LANCZOS resize)."),
     name: str = typer.Option(None, "--name", help="Dataset name in the manifest: mnist or fashion-mnist (default: guessed from the path)."),
-    encoding: str = common.ENCODING,
-    shard_size: int = common.SHARD_SIZE,
-    workers: int = common.WORKERS,
-    force: bool = common.FORCE,
-    max_corrupt: int = common.MAX_CORRUPT,
-    quiet: bool = common.QUIET,
+    encoding: str = options.ENCODING,
+    shard_size: int = options.SHARD_SIZE,
+    workers: int = options.WORKERS,
+    force: bool = options.FORCE,
+    max_corrupt: int = options.MAX_CORRUPT,
+    quiet: bool = options.QUIET,
 ) -> None:
     """MNIST-format idx files (MNIST, Fashion-MNIST) -> WebDataset shards."""
     if name is not None and name not in ("mnist", "fashion-mnist"):
@@ -153,7 +153,7 @@ def command(
 
 
 def main() -> None:
-    from .cli import run_single
+    from dali_dist.cli_util import run_single
 
     run_single(command)
 

@@ -150,3 +150,18 @@ def test_sample_export_stops_between_batches_on_sigterm(tmp_path, tiny_grid_cfg)
     err = "".join(chunks)
     assert p.returncode == 75, err[-2000:]
     assert "nothing written" in err and not out.exists() and not list(tmp_path.glob("samples.npy*"))
+
+
+def test_data_prep_has_no_import_cycle():
+    """The prep CLI registers the source commands; no source module imports the CLI back."""
+    import ast
+
+    from tests.conftest import REPO
+
+    for path in sorted((REPO / "data_prep").glob("*.py")):
+        if path.name == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                names = {node.module or ""} | {f"{node.module or ''}.{a.name}".lstrip(".") for a in node.names}
+                assert not any(n in ("cli", "data_prep.cli") or n.endswith(".cli") for n in names), path.name
