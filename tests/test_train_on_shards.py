@@ -88,12 +88,17 @@ def test_a_stop_signal_to_every_process_of_the_job_still_checkpoints(tmp_path, m
                           "--run-dir", str(run), *[a for s in sets for a in ("--set", s)]],
                          env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}, start_new_session=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while not (run / "stats.jsonl").is_file() or len((run / "stats.jsonl").read_text().splitlines()) < 2:
-        assert p.poll() is None and time.monotonic() < deadline, p.communicate()
-        time.sleep(0.5)
-    os.killpg(p.pid, signal.SIGTERM)  # the whole process group: trainer and data worker
-    _, err = p.communicate(timeout=120)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run / "stats.jsonl").is_file() or len((run / "stats.jsonl").read_text().splitlines()) < 2:
+            assert p.poll() is None and time.monotonic() < deadline, p.communicate()
+            time.sleep(0.5)
+        os.killpg(p.pid, signal.SIGTERM)  # the whole process group: trainer and data worker
+        _, err = p.communicate(timeout=120)
+    finally:  # a trainer that hangs instead of stopping must not outlive the test
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
     assert p.returncode == 75, err[-3000:]
     assert "Traceback" not in err and (run / "exit_code").read_text().strip() == "75"
     assert list((run / "checkpoints").glob("step-*"))
