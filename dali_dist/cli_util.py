@@ -14,6 +14,17 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, er
                        errno.ENOTDIR, errno.EISDIR}
 
 
+def launched_rank() -> int:
+    """This process's rank under a launcher that starts several (torchrun sets RANK and
+    WORLD_SIZE); 0 otherwise."""
+    import os
+
+    try:
+        return int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except ValueError:
+        return 0
+
+
 def _out_of_memory(exc: BaseException) -> bool:
     """An allocator failure (host or GPU) from sizes someone asked for, not a bug."""
     if isinstance(exc, MemoryError):
@@ -78,7 +89,8 @@ def exits_cleanly(fn):
             print("interrupted", file=sys.stderr)
             sys.exit(130)
         except UserError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+            if not (exc.same_on_every_rank and launched_rank() > 0):
+                print(f"error: {exc}", file=sys.stderr)
             sys.exit(exc.exit_code)
         except OSError as exc:
             if exc.errno not in _ENVIRONMENT_ERRNOS:

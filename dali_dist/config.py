@@ -19,7 +19,7 @@ from typing import Any, Literal, Optional
 
 import yaml
 
-from .errors import UserError
+from .errors import ConfigError, UserError
 
 VARIANTS = ("dali", "dali-l2", "dali-f", "gan", "ali")
 ENCODER_VARIANTS = ("dali", "dali-l2", "dali-f", "ali")
@@ -529,6 +529,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def load_config(name_or_path: str, overrides: list[str] = (), data: Optional[str] = None) -> Config:
+    try:
+        return _load_config(name_or_path, overrides, data)
+    except UserError as exc:  # the same on every rank of a launch: said once (errors.ConfigError)
+        raise exc if isinstance(exc, ConfigError) else ConfigError(str(exc)) from None
+
+
+def _load_config(name_or_path: str, overrides: list[str], data: Optional[str]) -> Config:
     raw, default_name = load_raw(name_or_path)
     raw = _merge({"name": default_name}, raw)
     for text in overrides:

@@ -17,7 +17,7 @@ from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, InitProcessGroupKwargs
 
 from .config import Config
-from .errors import UserError
+from .errors import ConfigError, UserError
 from .precision import PhaseUpdate, plain_backward
 
 
@@ -119,7 +119,7 @@ def check_world_size(world_size: int) -> None:
 def per_rank_batch(cfg: Config, world_size: int) -> int:
     """The config's batch size is global; each rank takes an equal share."""
     if cfg.train.batch_size % world_size:
-        raise UserError(
+        raise ConfigError(
             f"config: train.batch_size={cfg.train.batch_size} is global and must divide evenly "
             f"by the {world_size} processes"
         )

@@ -9,9 +9,17 @@ class UserError(Exception):
     """Bad input (config, CLI option, file). The message is one line and names the culprit."""
 
     exit_code = 2
+    same_on_every_rank = False  # an error only this process may have (its shard, its device)
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))  # always exactly one line
+
+
+class ConfigError(UserError):
+    """A bad config, override or option: every process of a launch sees the same one, so under
+    a launcher (``accelerate launch``, torchrun) only rank 0 prints it."""
+
+    same_on_every_rank = True
 
 
 class TrainingFailed(UserError):

@@ -47,6 +47,10 @@ def test_two_processes_train_agree_and_resume(tmp_path):
 def test_global_batch_must_divide_by_world_size(tmp_path):
     r = launch(tmp_path, "train.steps=5", "train.batch_size=63", port=29563)
     assert r.returncode != 0 and "must divide evenly by the 2 processes" in r.stderr
+    # a config error is the same on every rank: said once, by rank 0 (the launcher's own
+    # failure report follows it; torchrun prints one for any failed worker)
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] == [
+        "error: config: train.batch_size=63 is global and must divide evenly by the 2 processes"]
 
 
 @pytest.mark.timeout(300)
