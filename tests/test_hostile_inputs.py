@@ -165,6 +165,7 @@ def test_hostile_input_is_one_line_and_touches_nothing(name, tmp_path):
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 2 and len(errors) == 1, (r.returncode, r.stderr[-3000:])
+    assert not [ln for ln in r.stderr.splitlines() if "Warning" in ln], r.stderr[-3000:]  # no library noise
     assert expect in errors[0], errors[0]
     after = {k: v for k, v in _snapshot(tmp_path).items() if not any(k == o or k.startswith(o + "/") for o in own)}
     assert after == before
