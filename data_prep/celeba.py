@@ -26,7 +26,7 @@ import typer
 from dali_dist.errors import UserError
 
 from . import common, options
-from .shards import Source, build
+from .shards import Source
 
 ZIP = "img_align_celeba.zip"
 FOLDER = "img_align_celeba"
@@ -154,24 +154,18 @@ class CelebASource(Source):
         return key, arr, -1
 
 
-def command(
+def source(
     source: Path = typer.Option(..., "--source", help="img_align_celeba.zip, img_align_celeba/, or a folder with either."),
-    out: Path = options.OUT,
     partition: Optional[Path] = typer.Option(None, "--partition", help="list_eval_partition.txt (default: found beside the source)."),
     resolution: int = typer.Option(64, "--resolution", help="Output side in pixels (64 or 128)."),
     crop: int = typer.Option(160, "--crop", help="Centre crop side before resizing (160 of the 178x218 aligned images)."),
-    encoding: str = options.ENCODING,
-    shard_size: int = options.SHARD_SIZE,
-    workers: int = options.WORKERS,
-    force: bool = options.FORCE,
-    max_corrupt: int = options.MAX_CORRUPT,
-    quiet: bool = options.QUIET,
-) -> None:
+    progress: bool = True,
+) -> CelebASource:
     """CelebA aligned images + list_eval_partition.txt -> WebDataset shards (train/valid/test)."""
-    src = CelebASource(source, resolution, crop, partition, progress=not quiet)
-    build(src, out, shard_size=shard_size, workers=workers, encoding=encoding, force=force,
-          max_corrupt=max_corrupt, progress=not quiet)
+    return CelebASource(source, resolution, crop, partition, progress=progress)
 
+
+command = options.image_command(source)
 
 def main() -> None:
     from dali_dist.cli_util import run_single

@@ -30,7 +30,7 @@ import typer
 from dali_dist.errors import UserError
 
 from . import common, options
-from .shards import Source, build
+from .shards import Source
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -209,25 +209,19 @@ def download(dest: Path, url: str = URL, md5: str = MD5, progress: bool = True) 
     return target
 
 
-def command(
+def source(
     source: Path = typer.Option(..., "--source", help="cifar-10-python.tar.gz, cifar-10-batches-py/, or a folder with either."),
-    out: Path = options.OUT,
     download_: bool = typer.Option(False, "--download", help="Fetch the official archive into --source first (md5-checked)."),
     resolution: int = typer.Option(32, "--resolution", help="Side in pixels (32 keeps the originals; else LANCZOS resize)."),
-    encoding: str = options.ENCODING,
-    shard_size: int = options.SHARD_SIZE,
-    workers: int = options.WORKERS,
-    force: bool = options.FORCE,
-    max_corrupt: int = options.MAX_CORRUPT,
-    quiet: bool = options.QUIET,
-) -> None:
+    progress: bool = True,
+) -> Cifar10Source:
     """CIFAR-10 python release -> WebDataset shards (train 50,000 / test 10,000)."""
     if download_:
-        source = download(source, progress=not quiet)
-    src = Cifar10Source(source, resolution)
-    build(src, out, shard_size=shard_size, workers=workers, encoding=encoding, force=force,
-          max_corrupt=max_corrupt, progress=not quiet)
+        source = download(source, progress=progress)
+    return Cifar10Source(source, resolution)
 
+
+command = options.image_command(source)
 
 def main() -> None:
     from dali_dist.cli_util import run_single

@@ -29,7 +29,7 @@ import typer
 from dali_dist.errors import UserError
 
 from . import common, options
-from .shards import Source, build
+from .shards import Source
 
 SPLIT_DIRS = {"train": "train", "test": "test", "val": "test", "valid": "test", "validation": "test"}
 
@@ -131,25 +131,19 @@ class FolderSource(Source):
             return key, None, label
 
 
-def command(
+def source(
     source: Path = typer.Option(..., "--source", help="Folder of images (optionally train/ and test/ sub-folders, class sub-folders)."),
-    out: Path = options.OUT,
     resolution: int = typer.Option(64, "--resolution", help="Output side in pixels."),
     channels: int = typer.Option(3, "--channels", help="1 (grey) or 3 (RGB)."),
     crop: Optional[int] = typer.Option(None, "--crop", help="Centre crop side before resizing (default: the largest square)."),
     test_fraction: float = typer.Option(0.05, "--test-fraction", help="Held-out share when there are no train/ test/ folders."),
-    encoding: str = options.ENCODING,
-    shard_size: int = options.SHARD_SIZE,
-    workers: int = options.WORKERS,
-    force: bool = options.FORCE,
-    max_corrupt: int = options.MAX_CORRUPT,
-    quiet: bool = options.QUIET,
-) -> None:
+    progress: bool = True,
+) -> FolderSource:
     """A folder of images -> WebDataset shards (train/test)."""
-    src = FolderSource(source, resolution, channels, crop, test_fraction, progress=not quiet)
-    build(src, out, shard_size=shard_size, workers=workers, encoding=encoding, force=force,
-          max_corrupt=max_corrupt, progress=not quiet)
+    return FolderSource(source, resolution, channels, crop, test_fraction, progress=progress)
 
+
+command = options.image_command(source)
 
 def main() -> None:
     from dali_dist.cli_util import run_single

@@ -22,7 +22,7 @@ import typer
 from dali_dist.errors import UserError
 
 from . import common, options
-from .shards import Source, build
+from .shards import Source
 
 FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -132,25 +132,18 @@ class MnistSource(Source):
         return f"{i:05d}", common.resize_array(x[i][:, :, None], self.resolution), int(y[i])
 
 
-def command(
+def source(
     source: Path = typer.Option(..., "--source", help="Folder with train-*/t10k-* idx files (gzip or not)."),
-    out: Path = options.OUT,
     resolution: int = typer.Option(28, "--resolution", help="Side in pixels (28 keeps the originals; else LANCZOS resize)."),
     name: str = typer.Option(None, "--name", help="Dataset name in the manifest: mnist or fashion-mnist (default: guessed from the path)."),
-    encoding: str = options.ENCODING,
-    shard_size: int = options.SHARD_SIZE,
-    workers: int = options.WORKERS,
-    force: bool = options.FORCE,
-    max_corrupt: int = options.MAX_CORRUPT,
-    quiet: bool = options.QUIET,
-) -> None:
+) -> MnistSource:
     """MNIST-format idx files (MNIST, Fashion-MNIST) -> WebDataset shards."""
     if name is not None and name not in ("mnist", "fashion-mnist"):
         raise UserError(f"--name must be mnist or fashion-mnist, got {name!r}")
-    src = MnistSource(source, resolution, name)
-    build(src, out, shard_size=shard_size, workers=workers, encoding=encoding, force=force,
-          max_corrupt=max_corrupt, progress=not quiet)
+    return MnistSource(source, resolution, name)
 
+
+command = options.image_command(source)
 
 def main() -> None:
     from dali_dist.cli_util import run_single
