@@ -9,9 +9,6 @@ Exit codes: 0 finished, 2 bad input, 75 stopped (RUN_DIR/STOP, SIGTERM or SIGUSR
 checkpoint, to be requeued. Under `accelerate launch` a stopped run exits 0 (the launcher
 would turn 75 into a failure); RUN_DIR/exit_code always holds the trainer's own code.
 """
-
-from __future__ import annotations
-
 import json
 import os
 import shutil
@@ -24,34 +21,40 @@ import torch
 import typer
 from tqdm import tqdm
 
-from . import __version__, atomic
+from . import atomic
 from .algorithm import DaliStep, Networks
-from .batchnorm import precise_bn_copy, to_sync_batchnorm
+from .batches import DeviceBatches, check_data_matches
+from .batchnorm import precise_bn_copy
 from .checkpoint import (
     TrainState, complete_checkpoints, load_checkpoint, prune_checkpoints, resolve_resume, save_checkpoint,
 )
 from .cli_util import exits_cleanly
-from .config import Config, dump_yaml, load_config, read_saved_config
+from .config import Config, dump_yaml, load_config
 from .distributed import (
     any_rank, autocast_factory, check_world_size, make_accelerator, per_rank_batch, phase_updates, replicas_agree,
 )
 from .ema import EMA
 from .errors import RankStoppedAnswering, TrainingDiverged, UserError
-from .mixture import GridStream, grid_means
-from .models import build_models, encode
+from .models import build_models
 from .precision import make_adam
-from .schedule import lr_factor, ramp_factor
+from .previews import fixed_test_batch, write_reconstructions, write_samples
+from .run_setup import (
+    LR_RULE, RESUME_MAY_CHANGE, next_steps, prepare_run_dir, start_run_tracking, use_sync_batchnorm,
+    warn_if_world_size_changed,
+)
+from .schedule import learning_rate_plan, ramp_factor, set_learning_rates
 from .seeding import derive_seed, latent, reseed_step_generators
 from .threads import configure_threads
-from .tracking import NullTracker, check_store, git_info, start_tracking, system_metrics
-from .visualize import image_grid_png, scatter_png, to_uint8_images
+from .tracking import NullTracker, check_store, system_metrics
 from .watchdog import RankWatchdog
+
+# what callers and tests have always imported from here
+__all__ = ["train", "train_command", "main", "EXIT_REQUEUE", "StopRequest", "DeviceBatches", "check_data_matches",
+           "LR_RULE", "RESUME_MAY_CHANGE", "prepare_run_dir", "start_run_tracking", "learning_rate_plan",
+           "set_learning_rates"]
 
 EXIT_REQUEUE = 75
 STOP_POLL_EVERY = 10  # steps between stop-request checks when several processes must agree
-# Learning rates are per-optimizer-step values for the *global* batch in the config: the
-# global batch stays fixed when the world size changes, so the learning rates need no change.
-LR_RULE = "global batch fixed by config; per-device batch = global / world size; lr unchanged"
 
 
 class StopRequest:
@@ -68,254 +71,6 @@ class StopRequest:
 
     def requested(self) -> bool:
         return self.signalled or self.stop_file.exists()
-
-
-class DeviceBatches:
-    """Real-data batches on the training device, as float in [-1, 1]; counts what it took."""
-
-    def __init__(self, cfg: Config, rank: int, world_size: int, batch_size: int, device: torch.device):
-        if cfg.data.source is None:
-            self.stream = GridStream(batch_size=batch_size, seed=cfg.train.seed, rank=rank, world_size=world_size)
-            self.info = None
-        else:
-            from .data import TrainStream  # shard reading is imported only when shards are used
-
-            self.stream = TrainStream(
-                cfg.data.source, split="train", batch_size=batch_size, seed=cfg.train.seed,
-                rank=rank, world_size=world_size, num_workers=cfg.data.num_workers,
-                as_uint8=True, pin_memory=device.type == "cuda", on_corrupt=cfg.data.on_corrupt,
-            )
-            self.info = self.stream.info
-            check_data_matches(cfg, self.info)
-        self.device = device
-        self.batches_per_epoch = self.stream.batches_per_epoch
-
-    def start(self, consumed: int):
-        from .data import to_float
-
-        for x, _ in self.stream.batches(consumed):
-            x = x.to(self.device, non_blocking=True)
-            # uint8 crosses the worker pipes and the PCIe bus; convert on the device (docs/design.md, 'Shard encodings')
-            yield to_float(x) if x.dtype == torch.uint8 else x
-
-
-def check_data_matches(cfg: Config, info) -> None:
-    """The shards must hold what the model is built for."""
-    src = cfg.data.source
-    if cfg.data.dataset == "grid2d":
-        if info.kind != "points":
-            raise UserError(f"{src}: holds {info.kind} data ({info.dataset}), but data.dataset=grid2d needs 2D points")
-        return
-    if info.kind != "image":
-        raise UserError(f"{src}: holds 2D points, but data.dataset={cfg.data.dataset} needs images")
-    if info.resolution != cfg.data.resolution or info.channels != cfg.data.channels:
-        raise UserError(
-            f"{src}: images are {info.resolution}px with {info.channels} channel(s), but the config says "
-            f"data.resolution={cfg.data.resolution}, data.channels={cfg.data.channels}"
-        )
-
-
-# Fields a resumed run may change (operational, or extending the run); any other change
-# would silently make the checkpoint mean something else.
-RESUME_MAY_CHANGE = {
-    "name", "data.source", "train.steps", "train.log_every", "train.sample_every",
-    "train.checkpoint_every", "train.checkpoint_kimg", "train.keep_checkpoints", "train.keep_every",
-    "train.keep_unevaluated", "train.export_bn_batches", "train.max_nonfinite", "train.dist_timeout_s",
-    "data.on_corrupt", "train.compile",
-    "tracking.enabled", "tracking.uri", "tracking.experiment",
-}
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[prefix + k] = v
-    return out
-
-
-def prepare_run_dir(run_dir: Path, cfg: Config, resuming: bool) -> None:
-    """Create RUN_DIR and save the resolved config; a resumed run must keep its config
-    except for the fields in RESUME_MAY_CHANGE."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    saved = run_dir / "config.yaml"
-    if resuming and saved.exists():
-        before = _flatten(read_saved_config(saved))
-        after = _flatten(cfg.to_dict())
-        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-        refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
-        if refused:
-            raise UserError(
-                f"{saved}: cannot resume with a changed {', '.join(refused)} (only "
-                f"{', '.join(sorted(RESUME_MAY_CHANGE))} may change)"
-            )
-        for k in changed:
-            print(f"resume: {k} changed from {before.get(k)!r} to {after.get(k)!r}")
-    saved.write_text(dump_yaml(cfg))
-    (run_dir / "images").mkdir(exist_ok=True)
-
-
-def fixed_test_batch(cfg: Config, n: int = 32) -> Optional[torch.Tensor]:
-    """The first n test images, for reconstruction grids (None without image shards/encoder)."""
-    if cfg.data.source is None or cfg.model.family != "dcgan" or not cfg.has_encoder:
-        return None
-    from .data import describe, eval_batches
-
-    if "test" not in describe(cfg.data.source, "test").splits:
-        return None
-    for x, _, _ in eval_batches(cfg.data.source, split="test", batch_size=n):
-        return x[:n]
-    return None
-
-
-def write_reconstructions(run_dir: Path, step: int, cfg: Config, G, D, E, x: torch.Tensor) -> Path:
-    """Originals beside their reconstructions G(mu(x)), in pairs of columns."""
-    nets = [m for m in (G, D, E)]
-    modes = [m.training for m in nets]
-    for m in nets:
-        m.eval()
-    with torch.no_grad():
-        mu, _ = encode(cfg.model.variant, D, E, x)
-        rec = G(mu)
-    for m, was in zip(nets, modes):
-        m.train(was)
-    pairs = torch.stack([x.cpu(), rec.float().cpu()], dim=1).flatten(0, 1)
-    path = run_dir / "images" / f"recon-{step:07d}.png"
-    image_grid_png(to_uint8_images(pairs), path, nrow=16)
-    return path
-
-
-def write_samples(run_dir: Path, step: int, G, z_fixed: torch.Tensor, is_2d: bool) -> Path:
-    was_training = G.training
-    G.eval()
-    with torch.no_grad():
-        x = G(z_fixed)
-    G.train(was_training)
-    if is_2d:
-        path = run_dir / "images" / f"samples-{step:07d}.png"
-        scatter_png(x.float().cpu().numpy(), path, grid_means().numpy(),
-                    title=f"{len(x)} generated samples at step {step:,}")
-    else:
-        path = run_dir / "images" / f"samples-{step:07d}.png"
-        image_grid_png(to_uint8_images(x), path)
-    return path
-
-
-def start_run_tracking(cfg: Config, run_dir: Path, world: int, per_rank: int, data_info=None):
-    """Open the MLflow run (main process). Params are logged once, when the run is created;
-    values a resume may change are tags-free and param-free on purpose."""
-    if not cfg.tracking.enabled:
-        return NullTracker()
-    import accelerate
-    import platform
-
-    params = {k: v for k, v in _flatten(cfg.to_dict()).items() if k not in RESUME_MAY_CHANGE}
-    params.update({
-        "global_batch_size": cfg.train.batch_size, "per_device_batch_size": per_rank, "world_size": world,
-        "lr_rule": LR_RULE,
-    })
-    # the dataset as its manifest names it (fashion-mnist, not the loader format mnist)
-    dataset = data_info.dataset if data_info is not None and data_info.dataset else cfg.data.dataset
-    tags = {
-        "variant": cfg.model.variant, "dataset": dataset, "data_format": cfg.data.dataset, "world_size": str(world),
-        "run_dir": str(run_dir.resolve()), "torch_version": torch.__version__,
-        "accelerate_version": accelerate.__version__, "dali_dist_version": __version__,
-        "python_version": platform.python_version(),
-        **git_info(Path(__file__).resolve().parent.parent),
-    }
-    if data_info is not None:  # provenance of the shards
-        tags["data_manifest_sha256"] = data_info.manifest_sha256 or "none (URL pattern)"
-        tags["data_source_dataset"] = data_info.dataset
-        tags["data_encoding"] = data_info.encoding
-    if os.environ.get("SLURM_JOB_ID"):
-        tags["slurm_job_id"] = os.environ["SLURM_JOB_ID"]
-    return start_tracking(
-        run_dir, uri=cfg.tracking.uri, experiment=cfg.tracking.experiment or dataset,
-        run_name=run_name(cfg, run_dir), params=params, tags=tags,
-    )
-
-
-def run_name(cfg: Config, run_dir: Path) -> str:
-    """<config name>-<variant>-<6 hex of the run directory>: two runs of one preset differ in the
-    UI and in `runs compare`, and a resumed run keeps its name."""
-    import hashlib
-
-    short = hashlib.sha1(str(run_dir.resolve()).encode()).hexdigest()[:6]
-    parts = [cfg.name] if cfg.name == cfg.model.variant else [cfg.name, cfg.model.variant]
-    return "-".join([*parts, short])
-
-
-def use_sync_batchnorm(accelerator, *modules) -> None:
-    """train.sync_bn: batch statistics over the global batch (torch's SyncBatchNorm is GPU-only)."""
-    if accelerator.num_processes == 1:
-        accelerator.print("train.sync_bn: one process, so plain BatchNorm already sees the whole batch")
-        return
-    if accelerator.device.type != "cuda":
-        raise UserError("config: train.sync_bn needs CUDA GPUs (torch's SyncBatchNorm has no CPU kernel); "
-                        "drop it on CPU runs")
-    for m in modules:
-        if m is not None:
-            to_sync_batchnorm(m)
-
-
-def warn_if_world_size_changed(accelerator, cfg: Config, state: TrainState, world: int, batch: int) -> None:
-    """One clear warning: what stays the same and what does not when the world size changes."""
-    if not state.world_size or state.world_size == world:
-        return
-    if cfg.train.strategy != "ddp":
-        raise UserError(f"checkpoint written by {state.world_size} processes under train.strategy="
-                        f"{cfg.train.strategy} cannot resume on {world}: ZeRO partitions the optimizer "
-                        "state by rank; resume on the same number of processes")
-    accelerator.print(
-        f"WARNING: resuming a checkpoint written by {state.world_size} processes on {world}: the global batch "
-        f"stays {cfg.train.batch_size} ({batch} per process now), learning rates are unchanged ({LR_RULE}), "
-        "and each rank reads a different part of the data from here on, so the run will not match an "
-        "uninterrupted one bit for bit"
-    )
-
-
-def learning_rate_plan(cfg: Config, has_encoder: bool) -> dict[str, list[tuple[float, bool]]]:
-    """(base rate, follows the schedule) per param group of each optimizer: D; G then E."""
-    o = cfg.optim
-    ge = [(o.lr_g, True)]
-    if has_encoder:
-        ge.append((o.lr_e if o.lr_e is not None else o.lr_g, o.schedule_e))
-    return {"d": [(o.lr_d, True)], "ge": ge}
-
-
-def set_learning_rates(step: int, cfg: Config, steps_per_epoch: int, optimizers: dict, plan: dict) -> dict[str, float]:
-    """Set every param group's rate for ``step`` (a pure function of the step: nothing to
-    save); returns the rates by network (lr_d, lr_g, lr_e) for the logs."""
-    names = {"d": ["lr_d"], "ge": ["lr_g", "lr_e"]}
-    out = {}
-    for key, opt in optimizers.items():
-        for group, (base, scheduled), name in zip(opt.param_groups, plan[key], names[key]):
-            group["lr"] = base * lr_factor(step, cfg.train.steps, cfg.optim, steps_per_epoch, scheduled)
-            out[name] = group["lr"]
-    return out
-
-
-def next_steps(cfg: Config, run_dir: Path, exit_code: int) -> str:
-    """What a run wrote and what to run next, printed when training ends."""
-    from .tracking import redact, resolve_uri
-
-    rd = str(run_dir)
-    if exit_code != 0:
-        return f"stopped: {rd} (checkpoint written); continue with: dali-dist train ... --run-dir {rd} --resume auto"
-    metrics = "modes" if cfg.data.dataset == "grid2d" else ("is,mse" if cfg.data.channels == 1 else "fid,is,mse")
-    if not cfg.has_encoder:
-        metrics = metrics.replace(",mse", "")
-    lines = [f"done: {rd}", f"  checkpoints  {rd}/checkpoints/", f"  images       {rd}/images/",
-             f"  statistics   {rd}/stats.jsonl", "next:",
-             f"  dali-dist evaluate --run-dir {rd} --metrics {metrics} --out {rd}/metrics.json",
-             f"  dali-dist sample --run-dir {rd} --num 64 --out {rd}/samples/"]
-    if cfg.tracking.enabled:
-        uri, _ = resolve_uri(cfg.tracking.uri, run_dir)
-        lines.append(f"  mlflow ui --backend-store-uri {redact(uri)}"
-                     "   (MLflow 3: the runs are under the 'Model training' view)")
-    return "\n".join(lines)
 
 
 def train(cfg: Config, run_dir: Path, resume: Optional[str] = None) -> int:
