@@ -91,11 +91,20 @@ class Trainer:
         self.threads, self.batch = threads, batch
         self.rank, self.world, self.device = accelerator.process_index, accelerator.num_processes, accelerator.device
         self.is_main = accelerator.is_main_process
+        self._build_networks(protect)
+        self._restore_and_wrap(ckpt)
+        self._open_data_and_upkeep(data)
+        self.lrs: dict[str, float] = {}
+        self._reset_tick(time.perf_counter())
 
+    def _build_networks(self, protect: Optional[Protect]) -> None:
+        """The plain networks, their optimizers (through the strategy), EMA shadows, and what a
+        checkpoint of them holds."""
+        cfg = self.cfg
         torch.manual_seed(cfg.train.seed)  # identical initial weights on every rank
         G, D, E = build_models(cfg)
         if cfg.train.sync_bn:
-            use_sync_batchnorm(accelerator, G, D, E)
+            use_sync_batchnorm(self.accelerator, G, D, E)
         if cfg.train.compile:  # in place: state-dict keys, DDP wrapping and export stay as they are
             for net in (G, D, E):
                 if net is not None:
@@ -105,22 +114,26 @@ class Trainer:
         ge_groups = [{"params": list(G.parameters()), "lr": cfg.optim.lr_g}]
         if E is not None:  # E's own group: its own rate, and maybe no decay (optim.lr_e, optim.schedule_e)
             ge_groups.append({"params": list(E.parameters()), "lr": self.lr_plan["ge"][1][0]})
-        self.strategy = make_strategy(accelerator, cfg)
+        self.strategy = make_strategy(self.accelerator, cfg)
         self.strategy.build_optimizers(G, D, E, ge_groups)
         self.ema_g = EMA(G, cfg.train.ema_beta) if cfg.train.ema_beta > 0 else None
         self.ema_e = EMA(E, cfg.train.ema_beta) if cfg.train.ema_beta > 0 and E is not None else None
-
         self.checkpoints = RunCheckpoints(
-            run_dir, cfg, accelerator, self.strategy,
+            self.run_dir, cfg, self.accelerator, self.strategy,
             {"G": G, "D": D, "E": E, "G_ema": self.ema_g and self.ema_g.shadow, "E_ema": self.ema_e and self.ema_e.shadow},
             export=lambda: dict(zip("GDE", self.exported_networks())), protect=protect,
         )
+
+    def _restore_and_wrap(self, ckpt: Optional[Path]) -> None:
+        """Load the checkpoint (weights and whole optimizer states first, the strategy's
+        per-rank partitions once wrapped), wrap the networks, and set up the step."""
+        cfg, acc = self.cfg, self.accelerator
         self.state = TrainState()
         if ckpt is not None:
             self.state = self.checkpoints.load(ckpt)
-            accelerator.print(f"resumed from {ckpt} at step {self.state.step}")
-            warn_if_world_size_changed(accelerator, cfg, self.state, self.world, batch)
-        self.nets = self.strategy.wrap(G, D, E)
+            acc.print(f"resumed from {ckpt} at step {self.state.step}")
+            warn_if_world_size_changed(acc, cfg, self.state, self.world, self.batch)
+        self.nets = self.strategy.wrap(self.G, self.D, self.E)
         if ckpt is not None:
             self.strategy.load_partitions(ckpt)
         for ema in (self.ema_g, self.ema_e):
@@ -135,7 +148,11 @@ class Trainer:
             autocast=autocast_factory(self.device, cfg), updates=self.updates,
         )
 
-        self.data = data or DeviceBatches(cfg, self.rank, self.world, batch, self.device)
+    def _open_data_and_upkeep(self, data) -> None:
+        """The batch stream (from where the checkpoint left it), the fixed preview inputs,
+        tracking, stop requests and the rank watchdog."""
+        cfg = self.cfg
+        self.data = data if data is not None else DeviceBatches(cfg, self.rank, self.world, self.batch, self.device)
         self.batches = self.data.start(self.state.batches_consumed)
         self.is_2d = cfg.data.dataset == "grid2d"
         self.z_fixed = latent(min(cfg.eval.num_samples, 2500) if self.is_2d else 64, cfg.model.latent_dim, "fixed",
@@ -144,12 +161,10 @@ class Trainer:
         self.x_recon = fixed_test_batch(cfg) if self.is_main and self.data.info is not None else None
         if self.x_recon is not None:
             self.x_recon = self.x_recon.to(self.device)
-        self.tracker = (start_run_tracking(cfg, run_dir, self.world, batch, self.data.info) if self.is_main
+        self.tracker = (start_run_tracking(cfg, self.run_dir, self.world, self.batch, self.data.info) if self.is_main
                         else NullTracker())
-        self.stopper = StopRequest(run_dir)
+        self.stopper = StopRequest(self.run_dir)
         self.watchdog = RankWatchdog.for_process_group(self.rank, self.world, cfg.train.dist_timeout_s)
-        self.lrs: dict[str, float] = {}
-        self._reset_tick(time.perf_counter())
 
     # -- the loop: per-step work first, per-tick upkeep after -------------------------------
     def run(self) -> int:
