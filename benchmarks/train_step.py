@@ -5,10 +5,11 @@
 
 Both sides run the same networks (build_models), Adam settings, batch and synthetic data on
 the same device. "plain" is the loop anyone would write: randn for z, the alternating D and
-G+E phases, no checks, no statistics. "trainer" is what `dali_dist.train` runs per step:
-Accelerate-prepared modules, counter-seeded z draws, the per-step reseed, the per-phase
-finiteness check (and fp16 scaler) agreed across ranks, statistics summed on the device and read
-once per 100 steps, as the trainer logs them.
+G+E phases, no checks, no statistics. "trainer" is `dali_dist.trainer.Trainer.step`, the step
+a run takes, on a Trainer built as a run builds it (Trainer.build) and fed the synthetic batch:
+learning rates set per step, Accelerate-prepared modules, counter-seeded z draws, the per-step
+reseed, the per-phase finiteness check (and fp16 scaler) agreed across ranks, statistics summed
+on the device and read once per log tick (train.log_every, 100 in the presets).
 The two alternate in blocks so machine noise hits both alike; the table gives the median of
 the blocks, the trainer/plain ratio, and images/s. Writes JSON.
 """
@@ -16,11 +17,13 @@ the blocks, the trainer/plain ratio, and images/s. Writes JSON.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import platform
+import shutil
+import signal
 import statistics
 import sys
+import tempfile
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -31,17 +34,15 @@ import torch.nn.functional as F
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from dali_dist.algorithm import DaliStep, Networks  # noqa: E402
 from dali_dist.config import load_config  # noqa: E402
-from dali_dist.distributed import autocast_factory, make_accelerator, phase_updates  # noqa: E402
 from dali_dist.losses import encoder_loss  # noqa: E402
 from dali_dist.models import build_models, sample_shape  # noqa: E402
 from dali_dist.precision import make_adam  # noqa: E402
-from dali_dist.seeding import derive_seed, latent, reseed_step_generators  # noqa: E402
+from dali_dist.trainer import Trainer  # noqa: E402
 
 
-def make_cfg(preset: str, precision: str, batch: int):
-    sets = [f"train.mixed_precision={precision}", f"train.batch_size={batch}", "tracking.enabled=false"]
+def make_cfg(preset: str, precision: str, batch: int, *extra: str):
+    sets = [f"train.mixed_precision={precision}", f"train.batch_size={batch}", "tracking.enabled=false", *extra]
     if preset != "grid2d":
         sets.append("data.source=unused")  # synthetic batches: no shards are read
     return load_config(preset, sets)
@@ -92,58 +93,34 @@ def plain_step_fn(cfg, device):
     return step
 
 
-def trainer_step_fn(cfg, device, compile_nets: bool = False):
-    """The per-step body of dali_dist.train.train, on synthetic data."""
+class SyntheticBatches:
+    """The trainer's data interface (batches.DeviceBatches) over one fixed batch: no reading is timed."""
+
+    info = None  # no shards: no provenance to track, no test images for reconstructions
+    stream = None
+    batches_per_epoch = 1 << 30  # one endless epoch
+
+    def __init__(self, x: torch.Tensor):
+        self.x = x
+
+    def start(self, consumed: int):
+        while True:
+            yield self.x
+
+
+def trainer_step_fn(cfg, x, run_dir: Path):
+    """Trainer.step on a Trainer built as `dali_dist train` builds it; x comes through its data."""
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
-    accelerator = make_accelerator(cfg)
-    if compile_nets:
-        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=True))
-    G, D, E, opt_d, opt_ge = nets_and_opts(cfg, device)
-    G, D, E, opt_d, opt_ge = accelerator.prepare(G, D, E, opt_d, opt_ge)
-    updates = phase_updates(accelerator, cfg, opt_d, opt_ge)
-    step_fn = DaliStep(Networks(G, D, E, opt_d, opt_ge), variant="dali", lambda_e=cfg.lambda_e,
-                       update_order="alternating", autocast=autocast_factory(device, cfg), updates=updates)
-    counter = {"step": 0}
+    trainer = Trainer.build(cfg, run_dir, data=SyntheticBatches(x))
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the trainer's stop handler would only set a flag here
 
-    def step(x):
-        s = counter["step"]
-        zs = [latent(len(x), cfg.model.latent_dim, 0, 0, s, i, device=device) for i in range(2)]
-        reseed_step_generators(derive_seed("step", 0, 0, s), device)
-        stats = step_fn([x], zs)
-        sums = torch.stack(list(stats.values()))  # the trainer sums stats on the device per step
-        counter["sum"] = sums if counter.get("sum") is None else counter["sum"] + sums
-        counter["step"] += 1
-        if counter["step"] % 100 == 0:  # and reads them once per tick (log_every=100 in the presets)
-            counter.pop("sum").tolist()
-    step.updates = updates  # skipped-step counts for the table
-    return step
-
-
-def zero_step_fn(cfg, device, stage: int = 2):
-    """The trainer's step under train.strategy=zero2 (two DeepSpeed engines, one process)."""
-    from dali_dist import zero
-
-    torch.manual_seed(0)
-    G, D, E = build_models(cfg)
-    betas = (cfg.optim.beta1, cfg.optim.beta2)
-    opt_d = torch.optim.Adam(D.parameters(), lr=cfg.optim.lr_d, betas=betas)
-    opt_ge = torch.optim.Adam([*G.parameters(), *E.parameters()], lr=cfg.optim.lr_g, betas=betas)
-    engine_d, engine_ge, _ = zero.build_engines(stage, G, D, E, opt_d, opt_ge, cfg.train.batch_size, 1, device)
-    updates = (zero.ZeroPhase("d", engine_d), zero.ZeroPhase("ge", engine_ge))
-    step_fn = DaliStep(Networks(engine_ge, engine_d, E, opt_d, opt_ge, D_frozen=D), variant="dali",
-                       lambda_e=cfg.lambda_e, update_order="alternating",
-                       autocast=autocast_factory(device, cfg), updates=updates)
-    counter = {"step": 0}
-
-    def step(x):
-        s = counter["step"]
-        zs = [latent(len(x), cfg.model.latent_dim, 0, 0, s, i, device=device) for i in range(2)]
-        reseed_step_generators(derive_seed("step", 0, 0, s), device)
-        step_fn([x], zs)
-        counter["step"] += 1
-    step.updates = updates
+    def step(_x):
+        trainer.step()
+        if trainer.state.step % cfg.train.log_every == 0:  # the tick's one device-to-host read
+            trainer.read_tick()
+    step.updates = trainer.updates  # skipped-step counts for the table
     return step
 
 
@@ -174,6 +151,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    work = Path(tempfile.mkdtemp(prefix="train_step-"))  # the trainers' run directories (config.yaml only)
     rows = []
     for precision in args.precisions:
         if precision == "fp16" and device.type != "cuda":
@@ -183,11 +161,13 @@ def main() -> None:
                                                                           if args.config != "grid2d" else []).train.batch_size)
         batch = cfg.train.batch_size
         x = torch.rand(batch, *sample_shape(cfg), device=device) * 2 - 1
-        sides = {"plain": plain_step_fn(cfg, device), "trainer": trainer_step_fn(cfg, device)}
-        if args.zero2 and precision != "fp16":
-            sides["zero2"] = zero_step_fn(cfg, device)
+        sides = {"plain": plain_step_fn(cfg, device), "trainer": trainer_step_fn(cfg, x, work / f"{precision}-trainer")}
+        if args.zero2 and precision != "fp16":  # the trainer's step under train.strategy=zero2 (two DeepSpeed engines)
+            sides["zero2"] = trainer_step_fn(make_cfg(args.config, precision, batch, "train.strategy=zero2"), x,
+                                             work / f"{precision}-zero2")
         if args.compile:
-            sides["compiled"] = trainer_step_fn(cfg, device, compile_nets=True)
+            sides["compiled"] = trainer_step_fn(make_cfg(args.config, precision, batch, "train.compile=true"), x,
+                                                work / f"{precision}-compiled")
         times = {k: [] for k in sides}
         for name, step in sides.items():
             timed(step, x, args.warmup, device)
@@ -221,6 +201,7 @@ def main() -> None:
                 else "- | -")
         print(f"| {r['precision']} | {r['batch']} | {r['plain_ms']:.2f} | {r['trainer_ms']:.2f} | {r['overhead_pct']:+.1f} % | "
               f"{r['trainer_img_s']:.0f} | {speed} | {comp} | {format(r['zero2_img_s'], '.0f') if 'zero2_img_s' in r else '-'} |")
+    shutil.rmtree(work, ignore_errors=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"command": " ".join(sys.argv), "config": args.config, "device": dev_name,
                                     "torch": torch.__version__, "rows": rows}, indent=2))

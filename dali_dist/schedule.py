@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from .config import OptimConfig
+from .config import Config, OptimConfig
 
 
 def lr_factor(step: int, total_steps: int, optim: OptimConfig, steps_per_epoch: int, scheduled: bool = True) -> float:
@@ -27,3 +27,24 @@ def ramp_factor(step: int, ramp_steps: int) -> float:
     if ramp_steps <= 0 or step >= ramp_steps:
         return 1.0
     return step / ramp_steps
+
+
+def learning_rate_plan(cfg: Config, has_encoder: bool) -> dict[str, list[tuple[float, bool]]]:
+    """(base rate, follows the schedule) per param group of each optimizer: D; G then E."""
+    o = cfg.optim
+    ge = [(o.lr_g, True)]
+    if has_encoder:
+        ge.append((o.lr_e if o.lr_e is not None else o.lr_g, o.schedule_e))
+    return {"d": [(o.lr_d, True)], "ge": ge}
+
+
+def set_learning_rates(step: int, cfg: Config, steps_per_epoch: int, optimizers: dict, plan: dict) -> dict[str, float]:
+    """Set every param group's rate for ``step`` (a pure function of the step: nothing to
+    save); returns the rates by network (lr_d, lr_g, lr_e) for the logs."""
+    names = {"d": ["lr_d"], "ge": ["lr_g", "lr_e"]}
+    out = {}
+    for key, opt in optimizers.items():
+        for group, (base, scheduled), name in zip(opt.param_groups, plan[key], names[key]):
+            group["lr"] = base * lr_factor(step, cfg.train.steps, cfg.optim, steps_per_epoch, scheduled)
+            out[name] = group["lr"]
+    return out
