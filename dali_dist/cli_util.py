@@ -14,6 +14,14 @@ _ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, er
                        errno.ENOTDIR, errno.EISDIR}
 
 
+def _redacted(message) -> str:
+    """An error line never shows credentials (URL user:password@, tokens in queries, secret
+    environment values): data sources and tracking URIs may carry them."""
+    from .tracking import redact
+
+    return redact(str(message))
+
+
 def launched_rank() -> int:
     """This process's rank under a launcher that starts several (torchrun sets RANK and
     WORLD_SIZE); 0 otherwise."""
@@ -90,13 +98,13 @@ def exits_cleanly(fn):
             sys.exit(130)
         except UserError as exc:
             if not (exc.same_on_every_rank and launched_rank() > 0):
-                print(f"error: {exc}", file=sys.stderr)
+                print(f"error: {_redacted(exc)}", file=sys.stderr)
             sys.exit(exc.exit_code)
         except OSError as exc:
             if exc.errno not in _ENVIRONMENT_ERRNOS:
                 raise
             where = f"{exc.filename}: " if exc.filename else ""
-            print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+            print(f"error: {_redacted(f'{where}{exc.strerror or exc}')}", file=sys.stderr)
             sys.exit(UserError.exit_code)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)

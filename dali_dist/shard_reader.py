@@ -198,8 +198,22 @@ def iter_shard_samples(url: str, skip_keys: int = 0, want_data: bool = True) -> 
     f = _open(url)
     try:
         yield from _samples(f, url, skip_keys, want_data)
+    except OSError as exc:  # a remote stream that broke off (webdataset reports curl's exit here)
+        raise _unreadable(url, exc) from None
     finally:
-        f.close()
+        try:
+            f.close()
+        except OSError as exc:  # webdataset's pipe reports a failed download when it is closed
+            raise _unreadable(url, exc) from None
+
+
+def _unreadable(url: str, exc: OSError) -> UserError:
+    """One line for a stream that failed; never the download command (it may hold credentials)."""
+    import re
+
+    exited = re.search(r"exit (\d+)", str(exc))
+    reason = f"the download exited with status {exited.group(1)}" if exited else (exc.strerror or type(exc).__name__)
+    return UserError(f"{url}: cannot read shard ({reason}); check the URL, the network and the credentials")
 
 
 def _samples(f, url: str, skip_keys: int = 0, want_data: bool = True) -> Iterator[dict]:

@@ -100,6 +100,9 @@ CASES = {
     "unknown option": (["evaluate", "--nope"], "No such option"),
     "nothing to load": (["encode", "--out", "z.npz"], "exactly one of --checkpoint or --run-dir"),
     "two things to load": (["reconstruct", "--checkpoint", "a", "--run-dir", "b", "--out", "o"], "exactly one of"),
+    # credentials in a data URL never reach the terminal (an unreachable server: nothing is fetched)
+    "unreachable URL with a password": (["train", "--config", "mnist", "--set", "tracking.enabled=false", "--run-dir", "r",
+                                         "--data", "http://alice:hunter22@127.0.0.1:9/shards/"], "http://***@127.0.0.1:9", "r"),
     # data and prep (harden-data)
     "verify negative count": (["prep", "verify", "m-negative", "--quiet"],
                               "m-negative/manifest.json: split 'train': shard 'train/shard-000000.tar' has count -5"),
@@ -166,6 +169,7 @@ def test_hostile_input_is_one_line_and_touches_nothing(name, tmp_path):
     errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert r.returncode == 2 and len(errors) == 1, (r.returncode, r.stderr[-3000:])
     assert not [ln for ln in r.stderr.splitlines() if "Warning" in ln], r.stderr[-3000:]  # no library noise
+    assert "hunter22" not in r.stderr + r.stdout  # no secret from any input is echoed
     assert expect in errors[0], errors[0]
     after = {k: v for k, v in _snapshot(tmp_path).items() if not any(k == o or k.startswith(o + "/") for o in own)}
     assert after == before
