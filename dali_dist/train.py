@@ -13,6 +13,7 @@ would turn 75 into a failure); RUN_DIR/exit_code always holds the trainer's own 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -75,6 +76,14 @@ def train_command(
         # Under a launcher a non-zero exit becomes a failure with a traceback; exit cleanly
         # and let RUN_DIR/exit_code (75) tell the batch script to requeue.
         code = 0
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        # Every rank has passed the final barrier and torn its process group down. Exiting
+        # through the interpreter's teardown then aborted a rank now and then ("terminate called
+        # without an active exception": a communication thread destroyed at exit), turning a
+        # finished run into a launcher failure; leave without that teardown.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     raise typer.Exit(code)
 
 

@@ -102,3 +102,21 @@ def test_a_stop_signal_to_every_process_of_the_job_still_checkpoints(tmp_path, m
     assert p.returncode == 75, err[-3000:]
     assert "Traceback" not in err and (run / "exit_code").read_text().strip() == "75"
     assert list((run / "checkpoints").glob("step-*"))
+
+
+@pytest.mark.timeout(120)
+def test_workers_still_end_when_their_owner_exits_without_closing_them(tmp_path, mnist_shards):
+    """Workers ignore a job-wide SIGTERM, but not their parent's: a program that leaves a
+    loader open must still exit (multiprocessing terminates daemonic workers, then joins)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    script = ("import itertools\nfrom dali_dist.data import TrainStream\n"
+              f"s = TrainStream({str(mnist_shards)!r}, batch_size=4, seed=0, num_workers=2)\n"
+              "it = s.batches()  # still referenced at exit: multiprocessing's atexit ends the workers\n"
+              "for _ in itertools.islice(it, 3):\n    pass\nprint('leaving', flush=True)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=90,
+                       env={**__import__("os").environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0 and "leaving" in r.stdout, r.stderr[-2000:]
