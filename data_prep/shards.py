@@ -221,7 +221,7 @@ def _owned_files(out: Path, splits) -> list[Path]:
 
 SHARD_NAME = re.compile(r"^shard-\d{6}\.tar$")
 SHARD_TMP = re.compile(r"^\.shard-\d{6}\.tar\.tmp\.\d+$")
-JSON_TMP = re.compile(r"^\.(manifest\.json|\.prep-state\.json)\.tmp\.\d+$")
+JSON_TMP = re.compile(r"^\.(manifest\.json|\.prep-state\.json)\.tmp\.\d+(\.json)?$")  # atomic.py keeps the suffix
 # Folders other dali-dist commands keep beside the shards (evaluation caches, the classifier).
 COMPANIONS = {"fid_stats", "classifier"}
 
