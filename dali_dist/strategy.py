@@ -11,6 +11,7 @@ engines (zero.py). The trainer never asks which one it has.
 
 from __future__ import annotations
 
+import abc
 import shutil
 from pathlib import Path
 from typing import Optional
@@ -24,7 +25,7 @@ from .distributed import phase_updates, replicas_agree
 from .precision import make_adam
 
 
-class Strategy:
+class Strategy(abc.ABC):
     """The steps every strategy takes in this order: ``build_optimizers``, then (after the
     weights and ``checkpoint_optimizers()`` were loaded) ``wrap``, then ``load_partitions``."""
 
@@ -37,13 +38,13 @@ class Strategy:
         self._wrapped: dict[str, nn.Module] = {}
 
     # -- set-up ------------------------------------------------------------------------------
+    @abc.abstractmethod
     def build_optimizers(self, G: nn.Module, D: nn.Module, E: Optional[nn.Module], ge_groups: list[dict]):
         """(opt_d, opt_ge); opt_ge holds ``ge_groups``: G's parameters, then E's."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def wrap(self, G: nn.Module, D: nn.Module, E: Optional[nn.Module]) -> Networks:
         """The networks as the training step calls them; sets ``updates`` (the D and G+E phases)."""
-        raise NotImplementedError
 
     def unwrap(self, net: Optional[nn.Module]) -> Optional[nn.Module]:
         """The plain module under a wrapped network (what checkpoints, EMA and samples use)."""
