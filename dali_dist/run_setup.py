@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from . import __version__
+from .atomic import write_text as atomic_write_text
 from .batchnorm import to_sync_batchnorm
 from .checkpoint import TrainState
 from .config import Config, dump_yaml, read_saved_config
@@ -41,24 +42,30 @@ def _flatten(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def prepare_run_dir(run_dir: Path, cfg: Config, resuming: bool) -> None:
-    """Create RUN_DIR and save the resolved config; a resumed run must keep its config
-    except for the fields in RESUME_MAY_CHANGE."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+def check_run_config(run_dir: Path, cfg: Config, resuming: bool) -> None:
+    """A resumed run must keep its config except for the fields in RESUME_MAY_CHANGE.
+    Reads only: nothing is written until the checkpoint has loaded (``write_run_config``)."""
     saved = run_dir / "config.yaml"
-    if resuming and saved.exists():
-        before = _flatten(read_saved_config(saved))
-        after = _flatten(cfg.to_dict())
-        changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-        refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
-        if refused:
-            raise UserError(
-                f"{saved}: cannot resume with a changed {', '.join(refused)} (only "
-                f"{', '.join(sorted(RESUME_MAY_CHANGE))} may change)"
-            )
-        for k in changed:
-            print(f"resume: {k} changed from {before.get(k)!r} to {after.get(k)!r}")
-    saved.write_text(dump_yaml(cfg))
+    if not (resuming and saved.exists()):
+        return
+    before = _flatten(read_saved_config(saved))
+    after = _flatten(cfg.to_dict())
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    refused = [k for k in changed if k not in RESUME_MAY_CHANGE]
+    if refused:
+        raise UserError(
+            f"{saved}: cannot resume with a changed {', '.join(refused)} (only "
+            f"{', '.join(sorted(RESUME_MAY_CHANGE))} may change)"
+        )
+    for k in changed:
+        print(f"resume: {k} changed from {before.get(k)!r} to {after.get(k)!r}")
+
+
+def write_run_config(run_dir: Path, cfg: Config) -> None:
+    """Create RUN_DIR and save the resolved config. Called once the checkpoint to resume
+    from has loaded, so a failed resume leaves the run directory as it was."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run_dir / "config.yaml", dump_yaml(cfg))
     (run_dir / "images").mkdir(exist_ok=True)
 
 

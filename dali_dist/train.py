@@ -25,13 +25,13 @@ from .checkpoint import complete_checkpoints
 from .cli_util import exits_cleanly
 from .config import Config, dump_yaml, load_config
 from .errors import UserError
-from .run_setup import LR_RULE, RESUME_MAY_CHANGE, prepare_run_dir, start_run_tracking
+from .run_setup import LR_RULE, RESUME_MAY_CHANGE, start_run_tracking
 from .schedule import learning_rate_plan, set_learning_rates
 from .trainer import EXIT_REQUEUE, StopRequest, Trainer
 
 # what callers and tests have always imported from here
 __all__ = ["train", "train_command", "main", "EXIT_REQUEUE", "StopRequest", "DeviceBatches", "check_data_matches",
-           "LR_RULE", "RESUME_MAY_CHANGE", "prepare_run_dir", "start_run_tracking", "learning_rate_plan",
+           "LR_RULE", "RESUME_MAY_CHANGE", "start_run_tracking", "learning_rate_plan",
            "set_learning_rates", "unevaluated_steps"]
 
 

@@ -30,7 +30,8 @@ from .models import build_models
 from .previews import fixed_test_batch, write_reconstructions, write_samples
 from .run_checkpoints import Protect, RunCheckpoints
 from .run_setup import (
-    LR_RULE, next_steps, prepare_run_dir, start_run_tracking, use_sync_batchnorm, warn_if_world_size_changed,
+    LR_RULE, check_run_config, next_steps, start_run_tracking, use_sync_batchnorm, warn_if_world_size_changed,
+    write_run_config,
 )
 from .schedule import learning_rate_plan, ramp_factor, set_learning_rates
 from .seeding import derive_seed, latent, reseed_step_generators
@@ -79,9 +80,9 @@ class Trainer:
         if resume is None and any((run_dir / "checkpoints").glob("step-*")):
             raise UserError(f"{run_dir}: already holds checkpoints; pass --resume auto to continue or choose a new --run-dir")
         if accelerator.is_main_process:
-            if cfg.tracking.enabled:  # a bad or silent store is refused before config.yaml is rewritten
+            if cfg.tracking.enabled:  # a bad or silent store is refused before anything is written
                 check_store(cfg.tracking.uri, run_dir)
-            prepare_run_dir(run_dir, cfg, resuming=ckpt is not None)
+            check_run_config(run_dir, cfg, resuming=ckpt is not None)
         accelerator.wait_for_everyone()
         return cls(cfg, run_dir, accelerator, ckpt, threads=threads, batch=batch, protect=protect, data=data)
 
@@ -93,6 +94,9 @@ class Trainer:
         self.is_main = accelerator.is_main_process
         self._build_networks(protect)
         self._restore_and_wrap(ckpt)
+        if self.is_main:  # only now: a checkpoint that fails to load leaves RUN_DIR as it was
+            write_run_config(run_dir, cfg)
+        accelerator.wait_for_everyone()
         self._open_data_and_upkeep(data)
         self.lrs: dict[str, float] = {}
         self._reset_tick(time.perf_counter())

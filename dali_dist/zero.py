@@ -162,6 +162,31 @@ def _plain(obj):
 _DROP = ("loss_scaler", "param_slice_mappings")
 
 
+def _partition_mismatch(opt, sd: dict) -> str:
+    """Where a loaded partition does not fit this engine's optimizer ``opt``, or "" if it
+    fits. DeepSpeed would otherwise copy a foreign partition into its flat buffers and fail
+    deep inside, or silently misalign. Compared: the fp32 partitions (saved unpadded, as this
+    engine's own state_dict gives them) and every per-group Adam tensor (saved padded, like the
+    engine's flat partitions)."""
+    want = [tuple(t.shape) for t in opt.state_dict()["single_partition_of_fp32_groups"]]
+    got = sd.get("single_partition_of_fp32_groups")
+    if not isinstance(got, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in got):
+        return "single_partition_of_fp32_groups: not a list of tensors"
+    if [tuple(t.shape) for t in got] != want:
+        return f"single_partition_of_fp32_groups: shapes {[tuple(t.shape) for t in got]}, expected {want}"
+    base = sd.get("base_optimizer_state")
+    if not isinstance(base, dict) or not isinstance(base.get("state"), dict):
+        return "base_optimizer_state: not an optimizer state"
+    padded = [tuple(t.shape) for t in opt.single_partition_of_fp32_groups]
+    for group, tensors in base["state"].items():
+        if not isinstance(group, int) or not 0 <= group < len(padded) or not isinstance(tensors, dict):
+            return f"base_optimizer_state.state: entry {group!r} names no parameter group of this model"
+        for name, t in tensors.items():
+            if isinstance(t, torch.Tensor) and t.dim() > 0 and tuple(t.shape) != padded[group]:
+                return f"base_optimizer_state.state[{group}].{name}: shape {tuple(t.shape)}, expected {padded[group]}"
+    return ""
+
+
 def save_partition(folder: Path, name: str, engine, rank: int) -> None:
     sd = {k: v for k, v in engine.optimizer.state_dict().items() if k not in _DROP}
     folder.mkdir(parents=True, exist_ok=True)
@@ -175,10 +200,15 @@ def load_partition(ckpt: Path, name: str, engine, rank: int, world_size: int) ->
         sd = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any failure here means a bad or missing file
         raise UserError(f"{file}: unreadable ZeRO optimizer partition ({type(exc).__name__})") from None
+    if not isinstance(sd, dict):
+        raise UserError(f"{file}: not a ZeRO optimizer partition (a {type(sd).__name__}, not a mapping)")
     if sd.get("partition_count") is not None and (
             list(sd["partition_count"]) != [world_size] * len(sd["partition_count"])):
         raise UserError(f"{file}: written by {sd['partition_count'][0]} ranks, this run has {world_size}; "
                         "resume ZeRO checkpoints on the same number of processes")
+    mismatch = _partition_mismatch(engine.optimizer, sd)
+    if mismatch:
+        raise UserError(f"{file}: does not fit this model's optimizer ({mismatch})")
     sd["loss_scaler"] = engine.optimizer.loss_scaler
     # weights were loaded into the modules already; the fp32 partitions are refreshed from them
     engine.optimizer.load_state_dict([sd] * world_size, load_optimizer_states=True, load_from_fp32_weights=False)

@@ -253,12 +253,21 @@ def test_mnist_checkpoint_resumed_under_a_grid_config(mnist_ckpt, tmp_path, caps
 
 
 def test_the_previous_checkpoint_is_untouched_by_a_failed_resume(grid_copy, capsys):
-    before = {p: p.read_bytes() for p in (grid_copy / "checkpoints").rglob("*") if p.is_file()}
+    """Nothing in RUN_DIR changes, config.yaml included, though train.steps (a field a resume
+    may change) differs: the config is saved only once the checkpoint has loaded."""
+    before = {p: p.read_bytes() for p in grid_copy.rglob("*") if p.is_file()}
     (grid_copy / "checkpoints/step-4/train_state.json").write_text("{")
     cli(capsys, *train_args(grid_copy, "--resume", "auto", "--set", "train.steps=6"))
-    after = {p: p.read_bytes() for p in (grid_copy / "checkpoints").rglob("*") if p.is_file()}
+    after = {p: p.read_bytes() for p in grid_copy.rglob("*") if p.is_file()}
     changed = [p.name for p in before if before[p] != after.get(p)]
     assert changed == ["train_state.json"] and set(after) == set(before)
+
+
+def test_a_failed_resume_into_a_new_run_dir_leaves_nothing(mnist_ckpt, tmp_path, capsys):
+    """--resume CKPT --run-dir NEW with a checkpoint that does not fit: NEW is not created."""
+    new = tmp_path / "new"
+    cli(capsys, *train_args(new, "--resume", mnist_ckpt))
+    assert not new.exists()
 
 
 def test_export_config_is_yaml_safe_loaded(grid_copy, tmp_path, capsys):

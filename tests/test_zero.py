@@ -87,3 +87,34 @@ def test_zero_refuses_what_cannot_work(tmp_path):
                         *sets("train.steps=2")], capture_output=True, text=True, timeout=120,
                        env={**ENV, "ACCELERATE_USE_DEEPSPEED": "true"}, cwd=REPO)
     assert r.returncode == 2 and "train.strategy=zero2" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.timeout(600)
+def test_a_partition_that_does_not_fit_is_one_line(tmp_path):
+    """A checkpoint's weights fit but a partition file is foreign (another model's, tampered, or
+    not a mapping): one line naming the file, before DeepSpeed copies anything."""
+    run = tmp_path / "run"
+    assert train_one(run, "train.strategy=zero1", "train.steps=4", "train.checkpoint_every=4").returncode == 0
+    part = run / "checkpoints/step-4/zero/optim_d-rank0.pt"
+    good = torch.load(part, weights_only=True)
+
+    def tampered(edit):
+        sd = torch.load(part, weights_only=True)
+        edit(sd)
+        return sd
+
+    cases = {
+        "shapes [(5,)]": tampered(lambda sd: sd["single_partition_of_fp32_groups"].__setitem__(0, torch.zeros(5))),
+        "exp_avg: shape (3,)": tampered(lambda sd: sd["base_optimizer_state"]["state"][0].__setitem__("exp_avg", torch.zeros(3))),
+        "not a mapping": [1, 2, 3],
+    }
+    for expect, bad in cases.items():
+        torch.save(bad, part)
+        r = train_one(run, "train.strategy=zero1", "train.steps=6", "train.checkpoint_every=4", resume=True)
+        assert r.returncode == 2, (expect, r.stderr[-2000:])
+        errors = [ln for ln in r.stderr.splitlines() if ln.startswith("error: ")]
+        assert len(errors) == 1 and str(part) in errors[0] and expect in errors[0], (expect, r.stderr[-2000:])
+        assert "Traceback" not in r.stderr
+    torch.save(good, part)  # and the genuine file still resumes
+    r = train_one(run, "train.strategy=zero1", "train.steps=6", "train.checkpoint_every=4", resume=True)
+    assert r.returncode == 0 and "resumed from" in r.stdout, r.stderr[-2000:]
