@@ -10,18 +10,17 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import _archives as A  # noqa: E402
-import _corrupt as C  # noqa: E402
+from dali_dist.seeding import derive_seed
+from data_prep.mnist import MnistSource
+from data_prep.shards import build
 
-from dali_dist.seeding import derive_seed  # noqa: E402
-from data_prep.mnist import MnistSource  # noqa: E402
-from data_prep.shards import build  # noqa: E402
-from tests.conftest import REPO  # noqa: E402
+from tests import _archives as A
+from tests import _corrupt as C
+from tests.conftest import REPO
+
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.slow, pytest.mark.timeout(300)]
 PG_TIMEOUT_S = 600  # far longer than the test may take: ending by timeout would fail it

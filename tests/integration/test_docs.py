@@ -10,11 +10,12 @@ from __future__ import annotations
 import posixpath
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
+
+
 TEXT_SUFFIXES = (".py", ".md", ".sh", ".sbatch", ".yaml", ".toml")
 DESIGN_DOC = "docs/design.md"
 # Backticked paths under these prefixes are checked (links are checked wherever they point).

@@ -7,14 +7,12 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _eval_kit import image_cfg, make_checkpoint, make_shards, save_tiny_inception  # noqa: E402
+from tests._eval_kit import image_cfg, make_checkpoint, make_shards, save_tiny_inception
+from tests.conftest import REPO
 
-from tests.conftest import REPO  # noqa: E402
 
 pytestmark = [pytest.mark.multiprocess, pytest.mark.timeout(240)]
 

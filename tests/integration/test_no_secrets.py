@@ -17,7 +17,7 @@ from dali_dist.errors import UserError
 from dali_dist.tracking import redact, start_tracking
 from dali_dist.train import train
 from tests.conftest import REPO, TINY_GRID
-from tests.test_tracking_server import server  # noqa: F401 - a real MLflow server on 127.0.0.1
+from tests.integration.test_tracking_server import server  # noqa: F401 - a real MLflow server on 127.0.0.1
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,7 +14,6 @@ import io
 import itertools
 import os
 import shutil
-import sys
 import tarfile
 import tempfile
 from contextlib import redirect_stderr, redirect_stdout
@@ -24,13 +23,13 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).parent))
-import _archives as A  # noqa: E402
+from dali_dist.cli_util import exits_cleanly
+from dali_dist.data import TrainStream, eval_batches
+from dali_dist.errors import UserError
+from data_prep.cli import prep_app
 
-from dali_dist.cli_util import exits_cleanly  # noqa: E402
-from dali_dist.data import TrainStream, eval_batches  # noqa: E402
-from dali_dist.errors import UserError  # noqa: E402
-from data_prep.cli import prep_app  # noqa: E402
+from tests import _archives as A
+
 
 settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True, database=None,
                           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])

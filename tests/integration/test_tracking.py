@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from dali_dist.errors import UserError
 from dali_dist.train import EXIT_REQUEUE, train
-from tests.test_train import stop_after_calls
+from tests.integration.test_train import stop_after_calls
 
 
 @pytest.mark.timeout(180)

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import itertools
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-import _archives as A  # noqa: E402
+from dali_dist.data import TrainStream, describe, eval_batches, read_manifest, to_float
+from dali_dist.errors import UserError
+from data_prep.grid2d import Grid2DSource
+from data_prep.mnist import MnistSource
+from data_prep.shards import build
 
-from dali_dist.data import TrainStream, describe, eval_batches, read_manifest, to_float  # noqa: E402
-from dali_dist.errors import UserError  # noqa: E402
-from data_prep.grid2d import Grid2DSource  # noqa: E402
-from data_prep.mnist import MnistSource  # noqa: E402
-from data_prep.shards import build  # noqa: E402
+from tests import _archives as A
+
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.filterwarnings("ignore:This DataLoader will create")]
 

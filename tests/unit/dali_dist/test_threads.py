@@ -4,13 +4,12 @@ OpenMP waits passively unless the user says otherwise."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from dali_dist import threads
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import REPO
 
 
 def test_omp_num_threads_wins(monkeypatch):

@@ -1,15 +1,13 @@
-"""Bad input to `dali-dist prep`: one line `error: <file>: <problem>`, exit code 2, no traceback,
-and nothing that looks like a finished shard directory."""
+"""Bad input to `dali-dist prep` (in-process, through prep_app): one line `error: <file>:
+<problem>`, exit code 2, no traceback, and nothing that looks like a finished shard directory
+(the same through a separate process: tests/integration/test_prep_cli.py)."""
 
 from __future__ import annotations
 
-import gzip
 import io
 import os
 import pickle
 import stat
-import subprocess
-import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -17,14 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import _archives as A  # noqa: E402
-import _corrupt as C  # noqa: E402
+from dali_dist.cli_util import exits_cleanly
+from data_prep.cli import prep_app
 
-from dali_dist.cli_util import exits_cleanly  # noqa: E402
-from data_prep.cli import prep_app  # noqa: E402
+from tests import _archives as A
+from tests import _corrupt as C
 
-REPO = Path(__file__).resolve().parents[1]
+
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -306,42 +303,6 @@ def test_verify_decodes_against_the_manifest(shards, capsys, field, value, expec
     (shards / "manifest.json").write_text(json.dumps(m))
     msg = prep(capsys, "verify", shards, "--quiet")
     assert "shard-000000.tar: sample" in msg and expect in msg, msg
-
-
-def test_subprocess_exit_code_and_one_line(tmp_path):
-    path = tmp_path / "cifar-10-python.tar.gz"
-    with gzip.open(path, "wb") as f:
-        f.write(b"\0" * 10)
-    r = subprocess.run([sys.executable, "-m", "data_prep.cifar10", "--source", str(path), "--out", str(tmp_path / "o")],
-                       cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and str(path) in lines[0], r.stderr
-
-
-def test_mnist_gzip_bomb_and_absurd_header_are_refused_without_reading_it_all(tmp_path):
-    """A small .gz that inflates far beyond its header, or a header claiming terabytes: one
-    line, exit 2, and only the announced bytes are ever decompressed."""
-    import gzip
-    import resource
-
-    from tests.conftest import run_cli
-
-    make_mnist = A.make_mnist
-    make_mnist(tmp_path / "bomb")
-    with gzip.GzipFile(tmp_path / "bomb" / "train-images-idx3-ubyte.gz", "wb", mtime=0) as f:
-        f.write((0x00000803).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in (12, 28, 28)))
-        for _ in range(64):  # 1 GiB of zeros after the 9,408 bytes the header announces (~1 MB on disk)
-            f.write(bytes(16 << 20))
-    make_mnist(tmp_path / "huge")
-    with gzip.GzipFile(tmp_path / "huge" / "train-images-idx3-ubyte.gz", "wb", mtime=0) as f:
-        f.write((0x00000803).to_bytes(4, "big") + b"".join(n.to_bytes(4, "big") for n in (4_000_000_000, 28, 28)))
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    for name, expect in (("bomb", "holds more than 9408 data bytes"), ("huge", "not an idx file")):
-        r = run_cli("prep", "mnist", "--source", str(tmp_path / name), "--out", str(tmp_path / f"out-{name}"), "--quiet")
-        assert r.returncode == 2 and expect in r.stderr and "Traceback" not in r.stderr, r.stderr
-    # the child never held the inflated gigabyte (ru_maxrss is in KiB on Linux)
-    assert resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss < max(before, 1) + (900 << 10)
 
 
 # ------------------------------------------------------------------------------------------ ownership of --out

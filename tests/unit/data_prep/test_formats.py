@@ -3,22 +3,21 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parent))
-import _archives as A  # noqa: E402
+from data_prep.celeba import CelebASource
+from data_prep.cifar10 import Cifar10Source
+from data_prep.folder import FolderSource
+from data_prep.grid2d import Grid2DSource, means
+from data_prep.mnist import MnistSource
+from data_prep.shards import build
 
-from data_prep.celeba import CelebASource  # noqa: E402
-from data_prep.cifar10 import Cifar10Source  # noqa: E402
-from data_prep.folder import FolderSource  # noqa: E402
-from data_prep.grid2d import Grid2DSource, means  # noqa: E402
-from data_prep.mnist import MnistSource  # noqa: E402
-from data_prep.shards import build  # noqa: E402
+from tests import _archives as A
+
 
 pytestmark = pytest.mark.timeout(60)
 

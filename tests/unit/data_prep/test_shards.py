@@ -1,27 +1,25 @@
 """Runs of the shard writer: byte-identical output, atomic shards, resuming, --force, and the
-real Fashion-MNIST round trip."""
+real Fashion-MNIST round trip (the `python -m data_prep.*` entry points:
+tests/integration/test_prep_cli.py)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-import _archives as A  # noqa: E402
+from dali_dist.errors import UserError
+from data_prep import shards
+from data_prep.cifar10 import Cifar10Source
+from data_prep.mnist import MnistSource
+from data_prep.shards import build
 
-from dali_dist.errors import UserError  # noqa: E402
-from data_prep import shards  # noqa: E402
-from data_prep.cifar10 import Cifar10Source  # noqa: E402
-from data_prep.mnist import MnistSource  # noqa: E402
-from data_prep.shards import build  # noqa: E402
+from tests import _archives as A
 
-REPO = Path(__file__).resolve().parents[1]
+
 FASHION = Path("/usr/share/datasets/fashion-mnist")
 pytestmark = pytest.mark.timeout(60)
 
@@ -120,23 +118,6 @@ def test_corrupt_threshold(tmp_path):
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def test_cli_module_and_verify(tmp_path):
-    A.make_mnist(tmp_path / "dl", n_train=9, n_test=3)
-    out = tmp_path / "out"
-    r = subprocess.run([sys.executable, "-m", "data_prep.mnist", "--source", str(tmp_path / "dl"), "--out", str(out),
-                        "--shard-size", "4", "--workers", "1", "--encoding", "raw"],
-                       cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    r = subprocess.run([sys.executable, "-m", "data_prep.verify", str(out)], cwd=REPO, capture_output=True, text=True,
-                       timeout=60)
-    assert r.returncode == 0 and "12 samples" in r.stdout, r.stderr
-    shard = out / "train" / "shard-000001.tar"
-    shard.write_bytes(shard.read_bytes()[:1536])
-    r = subprocess.run([sys.executable, "-m", "data_prep.verify", str(out), "--quiet"], cwd=REPO, capture_output=True,
-                       text=True, timeout=60)
-    assert r.returncode == 2 and "shard-000001.tar" in r.stderr and "Traceback" not in r.stderr
-
-
 def test_prep_app_commands():
     from typer.testing import CliRunner
 
@@ -146,14 +127,6 @@ def test_prep_app_commands():
     assert r.exit_code == 0
     for cmd in ("cifar10", "celeba", "mnist", "folder", "grid2d", "verify"):
         assert cmd in r.output
-
-
-def test_grid2d_cli(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "data_prep.grid2d", "--out", str(tmp_path / "g"), "--num-train", "3000",
-                        "--num-test", "500", "--quiet"], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 0, r.stderr
-    m = json.loads((tmp_path / "g" / "manifest.json").read_text())
-    assert m["splits"]["train"]["count"] == 3000 and m["splits"]["test"]["count"] == 500
 
 
 @pytest.mark.timeout(120)

@@ -6,20 +6,18 @@ same code path as the real weights."""
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _eval_kit import (cleanfid_or_skip, image_cfg, make_checkpoint, make_shards,  # noqa: E402
-                       save_tiny_inception)
+from dali_dist.checkpoint import load_export
+from dali_dist.errors import UserError
+from dali_dist.evaluate import EvalOptions, evaluate_checkpoint
 
-from dali_dist.checkpoint import load_export  # noqa: E402
-from dali_dist.errors import UserError  # noqa: E402
-from dali_dist.evaluate import EvalOptions, evaluate_checkpoint  # noqa: E402
+from tests._eval_kit import (cleanfid_or_skip, image_cfg, make_checkpoint, make_shards,
+                             save_tiny_inception)
+
 
 pytestmark = pytest.mark.timeout(120)
 

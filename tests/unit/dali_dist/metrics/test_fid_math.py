@@ -3,19 +3,17 @@ re-implementation of the original Inception-score loop)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _eval_kit import cleanfid_or_skip  # noqa: E402
+from dali_dist.metrics.fid import GaussianStats, gaussian_stats
+from dali_dist.metrics.inception import inception_score
 
-from dali_dist.metrics.fid import GaussianStats, gaussian_stats  # noqa: E402
-from dali_dist.metrics.inception import inception_score  # noqa: E402
+from tests._eval_kit import cleanfid_or_skip
+
 
 pytestmark = pytest.mark.timeout(60)
 

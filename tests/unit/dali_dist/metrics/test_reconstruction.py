@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _eval_kit import image_cfg, make_checkpoint, make_shards  # noqa: E402
+from dali_dist.checkpoint import load_export
+from dali_dist.errors import UserError
+from dali_dist.evaluate import EvalOptions, evaluate_checkpoint
 
-from dali_dist.checkpoint import load_export  # noqa: E402
-from dali_dist.errors import UserError  # noqa: E402
-from dali_dist.evaluate import EvalOptions, evaluate_checkpoint  # noqa: E402
-from tests.conftest import run_cli  # noqa: E402
+from tests._eval_kit import image_cfg, make_checkpoint, make_shards
+from tests.conftest import run_cli
+
 
 pytestmark = pytest.mark.timeout(120)
 
