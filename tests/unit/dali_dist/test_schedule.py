@@ -48,7 +48,31 @@ def test_warmup_applies_to_an_unscheduled_encoder_too():
     cfg = load_config("mnist", ["optim.warmup_steps=10", "optim.schedule=cosine"], data="x")
     assert lr_factor(4, 100, cfg.optim, 10, scheduled=False) == pytest.approx(0.5)
     assert lr_factor(50, 100, cfg.optim, 10, scheduled=False) == 1.0
-    assert lr_factor(50, 100, cfg.optim, 10, scheduled=True) < 1.0
+    # 40 of the 90 steps after the warm-up: 0.5 (1 + cos(pi 40 / 90)), min_lr_ratio 0
+    assert lr_factor(50, 100, cfg.optim, 10, scheduled=True) == pytest.approx(0.5 * (1 + math.cos(math.pi * 40 / 90)))
+
+
+def test_warmup_is_linear_and_reaches_the_base_rate_on_its_last_step():
+    cfg = load_config("mnist", ["optim.warmup_steps=4", "optim.schedule=inv-sqrt-epoch"], data="x")
+    assert [lr_factor(s, 100, cfg.optim, 600) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    cfg = load_config("mnist", ["optim.schedule=constant"], data="x")
+    assert {lr_factor(s, 100, cfg.optim, 10) for s in (0, 1, 50, 99, 500)} == {1.0}
+
+
+@pytest.mark.parametrize("warmup, min_ratio", [(0, 0.0), (5, 0.1)])
+def test_cosine_matches_torchs_cosine_annealing(warmup, min_ratio):
+    """After the warm-up, the rate follows torch's CosineAnnealingLR down to min_lr_ratio (the
+    independent reference), and stays there past train.steps."""
+    total, base = 45, 2e-3
+    cfg = load_config("mnist", ["optim.schedule=cosine", f"optim.warmup_steps={warmup}",
+                                f"optim.min_lr_ratio={min_ratio}", f"train.steps={total}"], data="x")
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=base)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total - warmup, eta_min=base * min_ratio)
+    for step in range(warmup, total + 1):
+        assert base * lr_factor(step, total, cfg.optim, 10) == pytest.approx(opt.param_groups[0]["lr"], rel=1e-6, abs=1e-12)
+        opt.step()
+        sched.step()
+    assert lr_factor(total + 100, total, cfg.optim, 10) == pytest.approx(min_ratio)
 
 
 def test_lambda_ramp_is_linear_from_zero():
