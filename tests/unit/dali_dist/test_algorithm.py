@@ -137,17 +137,34 @@ def test_encoder_loss_alone_sends_gradient_into_G_but_not_into_D_trunk():
 def test_gan_variant_has_no_encoder_and_still_trains():
     _, nets, step = make(variant="gan")
     assert nets.E is None
+    G, D = copy.deepcopy(nets.G), copy.deepcopy(nets.D)
     x, z1, z2 = batch()
     stats = step([x], [z1, z2])
-    assert "loss_e" not in stats and stats["loss_g"] > 0
+    ld = d_loss_gan(D(x)[0], D(G(z1).detach())[0])
+    for p, g in zip(D.parameters(), torch.autograd.grad(ld, list(D.parameters()))):
+        p.data -= LR * g
+    assert "loss_e" not in stats
+    torch.testing.assert_close(stats["loss_d"], ld.detach())
+    torch.testing.assert_close(stats["loss_g"], g_loss_gan(D(G(z2))[0]).detach())
+    assert not same(snap(nets.G), snap(G))  # G moved
 
 
 def test_l2_variant_uses_no_variance():
     _, nets, step = make(variant="dali-l2")
+    G, D, E = (copy.deepcopy(m) for m in (nets.G, nets.D, nets.E))
+    logvar_head = snap(nets.E.logvar)
     x, z1, z2 = batch()
     stats = step([x], [z1, z2])
-    mu, _ = nets.E(nets.D(nets.G(z2))[1])
-    assert "sigma_mean" not in stats and stats["loss_e"] > 0
+    # the reported L_e is lambda/2 ||z - mu||^2 at the weights the G+E phase saw (D already stepped)
+    ld = d_loss_gan(D(x)[0], D(G(z1).detach())[0])
+    for p, g in zip(D.parameters(), torch.autograd.grad(ld, list(D.parameters()))):
+        p.data -= LR * g
+    with torch.no_grad():
+        mu, _ = E(D(G(z2))[1])
+    assert "sigma_mean" not in stats
+    torch.testing.assert_close(stats["loss_e"], (1 / 3) * 0.5 * (z2 - mu).pow(2).sum(dim=1).mean())
+    assert same(snap(nets.E.logvar), logvar_head)  # no gradient ever reached the variance head
+    assert not same(snap(nets.E.mu), snap(E.mu))  # while the mean head did train
 
 
 def test_ali_phases_route_gradients_to_their_networks():

@@ -3,6 +3,7 @@ URL patterns, and errors."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 
@@ -52,7 +53,8 @@ def test_describe_manifest(mnist_dir):
     assert (info.dataset, info.resolution, info.channels, info.encoding, info.kind) == ("mnist", 28, 1, "raw", "image")
     assert info.splits == {"train": 230, "test": 103}
     assert len(info.shards["train"]) == 12 and info.shard_counts["train"][-1] == 10
-    assert info.manifest_sha256 and len(info.manifest_sha256) == 64 and info.shape == (1, 28, 28)
+    assert info.manifest_sha256 == hashlib.sha256((root / "raw" / "manifest.json").read_bytes()).hexdigest()
+    assert info.shape == (1, 28, 28)
     assert read_manifest(root / "raw")["dataset"] == "mnist"
 
 
@@ -60,7 +62,8 @@ def test_describe_patterns(mnist_dir):
     root, _ = mnist_dir
     pat = str(root / "raw" / "{split}" / "shard-{000000..000005}.tar")
     info = describe(pat, split="test")  # borrows the manifest's counts
-    assert info.splits == {"test": 103} and info.manifest_sha256 is not None and len(info.shards["test"]) == 6
+    assert info.splits == {"test": 103} and len(info.shards["test"]) == 6
+    assert info.manifest_sha256 == hashlib.sha256((root / "raw" / "manifest.json").read_bytes()).hexdigest()
     piped = "pipe:cat " + str(root / "png" / "test" / "shard-{000000..000005}.tar")
     info = describe(piped, split="test")  # no manifest: probes and counts
     assert info.splits == {"test": 103} and info.manifest_sha256 is None

@@ -91,4 +91,6 @@ def test_inception_score_on_constructed_logits():
 def test_inception_score_is_between_one_and_the_class_count(n, k, scale):
     logits = np.random.default_rng(n * 31 + k).standard_normal((n, k)) * scale
     mean, std = inception_score(logits)
-    assert 1 - 1e-9 <= mean <= k + 1e-9 and std >= 0
+    assert 1 - 1e-9 <= mean <= k + 1e-9
+    assert std <= (k - 1) / 2 + 1e-9  # ten split scores, each in [1, k]
+    np.testing.assert_allclose((mean, std), _reference_is(logits, 10), rtol=1e-9, atol=1e-12)

@@ -42,5 +42,5 @@ def test_mode_collapse_counts_only_covered_components():
 
 
 def test_rejects_wrong_shape():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"mode metrics need \(N, 2\) samples, got shape \(10, 3\)"):
         mode_metrics(np.zeros((10, 3)))
