@@ -7,8 +7,8 @@ and tarfile's 14k on the Fashion-MNIST shards in one process (``python benchmark
 --tar-only``), and it does what webdataset's does not: exact skip-ahead (a resumed run seeks
 past the samples it consumed instead of reading them), per-rank sample ranges inside a
 shard, and a placeholder for a bad sample so every rank keeps the same step count. It reads
-ustar, GNU (long names, base-256 sizes) and pax (path, size) headers; tests/test_shard_reader.py
-checks it against tarfile on generated archives.
+ustar, GNU (long names, base-256 sizes) and pax (path, size) headers;
+tests/unit/dali_dist/test_shard_reader.py checks it against tarfile on generated archives.
 
     for sample in iter_shard_samples("data/fmnist/train/shard-000000.tar"): ...   # {"__key__", "png", "cls"}
     problem = check_shard(url, "image", count, sha256, size)                       # None when it matches

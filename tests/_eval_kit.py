@@ -3,19 +3,17 @@ extractors saved as TorchScript in clean-fid's InceptionV3W calling convention."
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).parent))
-import _archives as A  # noqa: E402
+from dali_dist.checkpoint import TrainState, save_checkpoint
+from dali_dist.config import load_config
+from dali_dist.models import build_models
 
-from dali_dist.checkpoint import TrainState, save_checkpoint  # noqa: E402
-from dali_dist.config import load_config  # noqa: E402
-from dali_dist.models import build_models  # noqa: E402
+from tests import _archives as A
 
 
 def cleanfid_or_skip():

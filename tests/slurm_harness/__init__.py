@@ -1,1 +1,1 @@
-"""A private Slurm cluster for tests/test_slurm.py (see cluster.py)."""
+"""A private Slurm cluster for tests/integration/test_slurm.py (see cluster.py)."""
