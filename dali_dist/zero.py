@@ -66,6 +66,7 @@ def ds_config(stage: int, micro_batch: int, world_size: int) -> dict:
         "train_batch_size": micro_batch * world_size,
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": 1,
+        "gradient_clipping": 0.0,  # DeepSpeed's default is 1.0; the DDP path clips nothing, nor does Algorithm 1
         "zero_optimization": {"stage": stage, "overlap_comm": False, "contiguous_gradients": True},
         "zero_allow_untested_optimizer": True,  # torch's Adam: no C++ build, runs on CPU and GPU
         "steps_per_print": 2**31 - 1,
