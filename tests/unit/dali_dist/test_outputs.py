@@ -73,12 +73,3 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
     # numpy appends .npz to a name without it; the helpers write through a handle instead
     save_npz(tmp_path / "codes", "encode", x=np.ones(2))
     assert np.load(tmp_path / "codes")["x"].sum() == 2 and not list(tmp_path.glob(".*"))
-
-
-def test_grids_are_upscaled_to_be_read():
-    from dali_dist.visualize import MIN_GRID_PX, image_grid
-
-    img = image_grid(np.zeros((64, 28, 28, 1), np.uint8))
-    assert max(img.size) >= MIN_GRID_PX and img.size[0] % 242 == 0  # 8 x (28 + 2) + 2, by a whole factor
-    big = image_grid(np.zeros((64, 64, 64, 3), np.uint8))
-    assert big.size == (530, 530)  # already readable: left as it is
