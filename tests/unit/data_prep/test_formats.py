@@ -12,7 +12,6 @@ from PIL import Image
 from data_prep.celeba import CelebASource
 from data_prep.cifar10 import Cifar10Source
 from data_prep.folder import FolderSource
-from data_prep.grid2d import Grid2DSource, means
 from data_prep.mnist import MnistSource
 from data_prep.shards import build
 
@@ -168,32 +167,6 @@ def test_folder_hash_split_is_deterministic_and_grey(tmp_path):
     assert {k for k, _, _ in got["test"]} == {k for k in test2 if int(k[1:]) < 40}
     for _, a, y in got["train"]:
         assert a.shape == (8, 8, 1) and y == -1
-
-
-def test_grid2d_mixture(tmp_path):
-    m = build(Grid2DSource(num_train=5000, num_test=1000, seed=3, block=300), tmp_path / "g", shard_size=2000,
-              progress=False)
-    assert m["kind"] == "points" and m["encoding"] == "npy" and m["resolution"] is None
-    assert {s: v["count"] for s, v in m["splits"].items()} == {"train": 5000, "test": 1000}
-    got = A.read_shards(tmp_path / "g")
-    xy = np.concatenate([p[0] for _, p, _ in got["train"]])
-    cl = np.concatenate([p[1] for _, p, _ in got["train"]])
-    assert xy.dtype == np.float32 and xy.shape == (5000, 2) and cl.min() >= 0 and cl.max() <= 24
-    d = xy - means()[cl]
-    assert np.abs(d.std() - 0.05) < 0.005 and np.abs(d).max() < 0.05 * 6
-    assert len(np.unique(cl)) == 25
-    m2 = build(Grid2DSource(num_train=5000, num_test=1000, seed=3, block=300), tmp_path / "g2", shard_size=2000,
-               progress=False)
-    assert m2["splits"] == m["splits"]  # same seed: same bytes
-    m3 = build(Grid2DSource(num_train=5000, num_test=1000, seed=4, block=300), tmp_path / "g3", shard_size=2000,
-               progress=False)
-    assert m3["splits"]["train"]["shards"][0]["sha256"] != m["splits"]["train"]["shards"][0]["sha256"]
-
-
-def test_grid2d_means_match_the_mixture_module():
-    torch = pytest.importorskip("torch")
-    mixture = pytest.importorskip("dali_dist.mixture")
-    np.testing.assert_array_equal(means().astype(np.float32), mixture.grid_means(torch.float32).numpy())
 
 
 def test_manifest_fields(tmp_path):
