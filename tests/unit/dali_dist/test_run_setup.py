@@ -75,6 +75,15 @@ def test_resume_refuses_other_changes_and_writes_nothing(tmp_path, capsys, sets,
     assert capsys.readouterr().out == ""
 
 
+@pytest.mark.parametrize("preset", ["grid2d", "mnist", "cifar10", "celeba"])
+def test_an_unchanged_config_resumes_silently(tmp_path, capsys, preset):
+    # what write_run_config saved reads back equal, small floats and nulls included
+    cfg = load_config(preset, ["tracking.enabled=false", "optim.lr_d=1e-5", "model.lambda_e=0.001"], data="shards")
+    write_run_config(tmp_path, cfg)
+    check_run_config(tmp_path, cfg, resuming=True)
+    assert capsys.readouterr().out == ""
+
+
 def test_no_check_for_a_fresh_run_or_without_a_saved_config(tmp_path):
     write_run_config(tmp_path / "a", _cfg())
     check_run_config(tmp_path / "a", _cfg("model.latent_dim=4"), resuming=False)
