@@ -5,8 +5,6 @@ never reach the line; --device and the --checkpoint/--run-dir pair are checked u
 from __future__ import annotations
 
 import errno
-from pathlib import Path
-from typing import Optional
 
 import pytest
 import torch
