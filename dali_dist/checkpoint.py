@@ -96,12 +96,12 @@ def save_checkpoint(
     partitions); they are moved in before the rename, so they appear with the rest or not at all.
     """
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{state.step}"
     tmp = root / f".tmp-step-{state.step}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
         tmp.mkdir()
         for name, module in models.items():
             if module is not None:

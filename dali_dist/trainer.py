@@ -71,6 +71,9 @@ class Trainer:
         configured ``DeviceBatches`` (benchmarks feed synthetic batches)."""
         if run_dir.exists() and not run_dir.is_dir():
             raise UserError(f"--run-dir {run_dir}: exists and is not a directory")
+        for sub in ("checkpoints", "images"):  # found now, not at the first checkpoint or picture
+            if (run_dir / sub).exists() and not (run_dir / sub).is_dir():
+                raise UserError(f"{run_dir / sub}: exists and is not a directory (the run keeps its {sub} there)")
         accelerator = make_accelerator(cfg)
         threads = configure_threads()
         world = accelerator.num_processes

@@ -44,6 +44,8 @@ def _setup(tmp_path):
     con.close()
     (tmp_path / "store").mkdir()
     (tmp_path / "store" / "mlflow.db").write_text("not a database")  # where a run's default store goes
+    (tmp_path / "oddrun").mkdir()
+    (tmp_path / "oddrun" / "checkpoints").write_text("a file where the run keeps its checkpoints")
 
 
 def _manifest(total, counts, **extra) -> str:
@@ -74,6 +76,7 @@ CASES = {
     # run directories and outputs that cannot be
     "run dir is a file": (["train", *TINY, "--run-dir", "afile"], "not a directory"),
     "run dir under a file": (["train", *TINY, "--run-dir", "afile/run"], "afile"),
+    "run dir's checkpoints is a file": (["train", *TINY, "--run-dir", "oddrun"], "oddrun/checkpoints: exists and is not"),
     "output under a file": (["encode", "--checkpoint", "nope", "--out", "afile/z.npz"], "afile is a file"),
     "output is a folder": (["evaluate", "--checkpoint", "nope", "--out", "data"], "is a folder"),
     "output is a user's file": (["encode", "--checkpoint", "nope", "--out", "data/notes.txt"], "--overwrite"),
