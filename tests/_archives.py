@@ -151,6 +151,28 @@ def make_mnist(dest: Path, n_train: int = 12, n_test: int = 5, gz: bool = True, 
     return data
 
 
+def mnist_shards(root: Path, n_train: int, n_test: int, shard_size: int, encoding: str) -> Path:
+    """MNIST-like idx files in root/dl, sharded by prep into root/<encoding> (returned)."""
+    from data_prep.mnist import MnistSource
+    from data_prep.shards import build
+
+    make_mnist(root / "dl", n_train=n_train, n_test=n_test, gz=False)
+    build(MnistSource(root / "dl"), root / encoding, shard_size=shard_size, encoding=encoding, progress=False)
+    return root / encoding
+
+
+def write_tar(path: Path, samples) -> Path:
+    """A plain tar of samples [(key, {ext: bytes})], members in the order given."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tf:
+        for key, members in samples:
+            for ext, data in members.items():
+                ti = tarfile.TarInfo(f"{key}.{ext}")
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+    return path
+
+
 # ------------------------------------------------------------------------------------------
 # Reading shards back, independently of dali_dist.data
 # ------------------------------------------------------------------------------------------

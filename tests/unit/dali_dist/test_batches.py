@@ -24,13 +24,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def mnist_shards(tmp_path_factory):
-    from data_prep.mnist import MnistSource
-    from data_prep.shards import build
-
-    root = tmp_path_factory.mktemp("mnist")
-    A.make_mnist(root / "dl", n_train=40, n_test=8, gz=False)
-    build(MnistSource(root / "dl"), root / "shards", shard_size=16, encoding="raw", progress=False)
-    return root / "shards"
+    return A.mnist_shards(tmp_path_factory.mktemp("mnist"), 40, 8, shard_size=16, encoding="raw")
 
 
 def test_grid_batches_are_the_mixture_stream_from_the_consumed_count():

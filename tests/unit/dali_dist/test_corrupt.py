@@ -13,7 +13,6 @@ import torch
 from dali_dist.data import TrainStream, eval_batches
 from dali_dist.errors import UserError
 from data_prep.grid2d import Grid2DSource
-from data_prep.mnist import MnistSource
 from data_prep.shards import build
 
 from tests import _archives as A
@@ -27,10 +26,7 @@ B = 10
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory):
     """230 train / 103 test MNIST-like images in PNG shards of 20."""
-    root = tmp_path_factory.mktemp("corrupt")
-    A.make_mnist(root / "dl", n_train=230, n_test=103, gz=False)
-    build(MnistSource(root / "dl"), root / "png", shard_size=20, encoding="png", progress=False)
-    return root / "png"
+    return A.mnist_shards(tmp_path_factory.mktemp("corrupt"), 230, 103, shard_size=20, encoding="png")
 
 
 @pytest.fixture

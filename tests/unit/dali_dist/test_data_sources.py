@@ -8,13 +8,13 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import tarfile
 
 import numpy as np
 import pytest
 
 from dali_dist.data_sources import DatasetInfo, describe
 from dali_dist.errors import UserError
+from tests import _archives as A
 
 
 def _pgm(w, h, c=1, v=7) -> tuple[str, bytes]:
@@ -27,15 +27,7 @@ def _npy(a) -> bytes:
     return buf.getvalue()
 
 
-def _tar(path, samples):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(path, "w") as tf:
-        for key, members in samples:
-            for ext, data in members.items():
-                ti = tarfile.TarInfo(f"{key}.{ext}")
-                ti.size = len(data)
-                tf.addfile(ti, io.BytesIO(data))
-    return path
+_tar = A.write_tar
 
 
 def _images(path, n, w=4, h=4, c=1, ext_data=None):

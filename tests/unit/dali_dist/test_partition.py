@@ -5,9 +5,7 @@ buffer is a reproducible permutation; ``usable_shards`` applies the corrupt-data
 
 from __future__ import annotations
 
-import io
 import random
-import tarfile
 
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ import pytest
 from dali_dist.corrupt import Bad, CorruptLog
 from dali_dist.data_sources import DatasetInfo
 from dali_dist.errors import UserError
+from tests import _archives as A
 from dali_dist.partition import check_has_samples, read_range, refill_pool, region, shuffled, usable_shards
 
 
@@ -24,13 +23,7 @@ def _pgm(value: int, side: int = 2) -> bytes:
 
 def _tar(path, samples) -> tuple[str, int, None]:
     """samples: [(key, {ext: bytes})] -> (url, count, sha256=None) as read_range takes them."""
-    with tarfile.open(path, "w") as tf:
-        for key, members in samples:
-            for ext, data in members.items():
-                ti = tarfile.TarInfo(f"{key}.{ext}")
-                ti.size = len(data)
-                tf.addfile(ti, io.BytesIO(data))
-    return str(path), len(samples), None
+    return str(A.write_tar(path, samples)), len(samples), None
 
 
 @pytest.fixture

@@ -265,13 +265,7 @@ def test_verify_without_manifest(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def clean_shards(tmp_path_factory):
     """40 train / 20 test MNIST-like images in PNG shards of 20."""
-    from data_prep.mnist import MnistSource
-    from data_prep.shards import build
-
-    root = tmp_path_factory.mktemp("verify")
-    A.make_mnist(root / "dl", n_train=40, n_test=20, gz=False)
-    build(MnistSource(root / "dl"), root / "png", shard_size=20, encoding="png", progress=False)
-    return root / "png"
+    return A.mnist_shards(tmp_path_factory.mktemp("verify"), 40, 20, shard_size=20, encoding="png")
 
 
 @pytest.fixture

@@ -19,13 +19,7 @@ from tests import _corrupt as C
 @pytest.fixture(scope="module")
 def clean(tmp_path_factory):
     """30 train / 10 test MNIST-like images in raw shards of 10 (3 + 1 shards)."""
-    from data_prep.mnist import MnistSource
-    from data_prep.shards import build
-
-    root = tmp_path_factory.mktemp("verify")
-    A.make_mnist(root / "dl", n_train=30, n_test=10, gz=False)
-    build(MnistSource(root / "dl"), root / "raw", shard_size=10, encoding="raw", progress=False)
-    return root / "raw"
+    return A.mnist_shards(tmp_path_factory.mktemp("verify"), 30, 10, shard_size=10, encoding="raw")
 
 
 @pytest.fixture
