@@ -1,5 +1,5 @@
-"""The encoder weight lambda on images: DALI on Fashion-MNIST with lambda = 1/d, 1/(4d), 1/(8d)
-and a linear ramp from 0, at one short equal budget, then the Inception score, fid_classifier
+"""The encoder weight lambda on images: DALI on Fashion-MNIST with lambda = 1/d, 1/(4d), 1/(8d),
+a linear ramp from 0, and the larger 4/d and 16/d, at one short equal budget, then the Inception score, fid_classifier
 and reconstruction MSE of each.
 
     python benchmarks/lambda_study.py                             # mnist preset, 1,000 steps each
@@ -33,6 +33,9 @@ SETTINGS = {  # name -> config overrides; d is the latent size (64 in the mnist 
     "1/(4d)": ["model.lambda_e=0.00390625"],
     "1/(8d)": ["model.lambda_e=0.001953125"],
     "ramp 0 -> 1/d over 1 epoch": ["model.lambda_e_ramp_steps=600"],
+    # larger weights: does a stronger pull towards an invertible G buy reconstruction?
+    "4/d": ["model.lambda_e=0.0625"],
+    "16/d": ["model.lambda_e=0.25"],
 }
 
 

@@ -19,6 +19,9 @@ Metrics (names encode the protocol, docs/design.md, 'Metric protocols'):
            distance in the feature space of ``is``, clean-fid's estimator, against the train
            split's features (cached beside the statistics)
     mse    ``mse``, ``mse_std``: reconstruction error of G(mu(x)) over the test split, [0, 1] scale
+    cycle  ``cycle_mse``, ``cycle_mse_std``, ``latent_mse``: the same round trip on --num-samples
+           of G's own samples (x = G(z) -> G(mu(x)), and z against mu(x)): how well E inverts G,
+           to compare with ``mse`` (metrics/reconstruction.py)
     modes  ``modes_captured``, ``high_quality_pct`` on generated samples of the 2D grid (Table 2)
     probe  ``probe_accuracy``: logistic regression on mu(x), fitted on train codes, test accuracy
     knn    ``knn_accuracy``: 5-nearest-neighbour label vote of test codes among train codes
@@ -352,6 +355,20 @@ def _mse(job: EvalJob) -> dict:
     return out if job.ranks.is_main else {}
 
 
+def _check_cycle(job: EvalJob) -> None:
+    _need_images(job, "cycle")
+    if job.exp.E is None:
+        raise UserError(f"{job.exp.path}: metric 'cycle' needs an encoder; variant {job.cfg.model.variant!r} has none")
+
+
+def _cycle(job: EvalJob) -> dict:
+    from .metrics.reconstruction import cycle_errors
+
+    out = cycle_errors(job.exp, job.num_generated(), seed=job.cfg.eval.seed, batch_size=job.batch_size,
+                       ranks=job.ranks, progress=job.opts.progress)
+    return out if job.ranks.is_main else {}
+
+
 def _check_latent(job: EvalJob, name: str) -> None:
     _need_images(job, name)
     if job.exp.E is None:
@@ -380,6 +397,8 @@ def _protocol(job: EvalJob, name: str) -> dict:
     """What a metric's value depends on besides the weights; equal protocols mean reusable values."""
     if name == "modes":
         return {"num_samples": job.opts.num_samples or job.cfg.eval.num_samples, "seed": job.cfg.eval.seed}
+    if name == "cycle":  # G's own samples: no data involved
+        return {"num_samples": job.num_generated(), "seed": job.cfg.eval.seed, "samples": "uint8"}
     proto = {"data": job.info.manifest_sha256 or job.source}
     if name == "mse":
         return {**proto, "split": "test"}
@@ -405,6 +424,7 @@ METRICS: dict[str, Metric] = {
     "is": Metric(_check_is, _is, lambda job: {job.is_extractor()}),
     "kid": Metric(_check_is, _kid, lambda job: {job.is_extractor()}),
     "mse": Metric(_check_mse, _mse),
+    "cycle": Metric(_check_cycle, _cycle),
     "modes": Metric(_check_modes, _modes),
     "probe": Metric(lambda job: _check_latent(job, "probe"), lambda job: _latent(job, "probe")),
     "knn": Metric(lambda job: _check_latent(job, "knn"), lambda job: _latent(job, "knn")),
