@@ -60,10 +60,14 @@ class DaliStep:
         backward: Callable[..., None] = None,
         autocast: Callable[[], object] = nullcontext,
         updates: Optional[tuple[PhaseUpdate, PhaseUpdate]] = None,
+        encoder_reads_image: bool = False,
     ):
         self.nets = nets
         self.variant = variant
         self.lambda_e = lambda_e
+        # dali: E reads D's trunk features h of G(z) (E never updates the trunk), or with
+        # model.e_input=image G(z) itself; either way G gets E's gradient
+        self.encoder_reads_image = encoder_reads_image
         self.update_order = update_order
         self.d_loss_fn, self.g_loss_fn = adversarial_game(variant, adversarial)
         self.gp_weight = gp_weight if adversarial == "wgan-gp" else 0.0
@@ -76,11 +80,11 @@ class DaliStep:
         self.autocast = autocast
 
     # -- pieces shared by both update orders ---------------------------------------------
-    def _encoder_loss(self, z: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def _encoder_loss(self, z: torch.Tensor, x_fake: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, dict]:
         E = self.nets.E
         if E is None:  # plain GAN: no inference network
             return torch.zeros((), device=z.device), {}
-        mu, logvar = E(h)
+        mu, logvar = E(x_fake if self.encoder_reads_image else h)
         mu, logvar = mu.float(), logvar.float()
         loss = encoder_loss(z, mu, None if self.variant == "dali-l2" else logvar, self.lambda_e)
         stats = {"loss_e": loss.detach(), "z_mse": (z - mu.detach()).pow(2).mean()}
@@ -139,7 +143,7 @@ class DaliStep:
             x_fake = n.G(z)
             fake_logit, h = n.D_for_g(x_fake)
             loss_g = self.g_loss_fn(fake_logit.float())
-            loss_e, e_stats = self._encoder_loss(z, h)
+            loss_e, e_stats = self._encoder_loss(z, x_fake, h)
         ge_skipped = self.upd_ge.update(loss_g + loss_e)
         set_trainable([n.D], True)
         return {**stats, "loss_g": loss_g.detach(), **e_stats, **self._skips(d_skipped, ge_skipped)}
@@ -203,7 +207,7 @@ class DaliStep:
             fake_logit, h = n.D(x_fake)
             loss_d = self.d_loss_fn(real_logit.float(), fake_logit.float())
             loss_g = self.g_loss_fn(fake_logit.float())
-            loss_e, e_stats = self._encoder_loss(z, h)
+            loss_e, e_stats = self._encoder_loss(z, x_fake, h)
         self.upd_d.zero_grad()
         self.upd_ge.zero_grad()
         self.upd_d.backward(loss_d, inputs=_params(n.D), retain_graph=True)

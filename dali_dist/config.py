@@ -95,6 +95,10 @@ class ModelConfig:
     encoder: 3x3 conv halving the channels with BatchNorm, heads FC, LeakyReLU, BatchNorm, FC)."""
     e_head_width: Optional[int] = None
     """Hidden width of each encoder head; None means max(2 d, 256)."""
+    e_input: Literal["trunk", "image"] = "trunk"
+    """What the dali / dali-l2 encoder reads: trunk (D's feature map, which E never updates:
+    the authors' design) or image (x itself through a trunk of its own, built like D's, which E
+    trains; as ALI's encoder, which always reads x). BENCHMARKS.md compares the two."""
     lambda_e_ramp_steps: int = 0
     """Ramp the encoder weight linearly from 0 to lambda_e over this many steps (0: constant)."""
     logvar_min: float = -10.0
@@ -226,6 +230,11 @@ class Config:
     @property
     def has_encoder(self) -> bool:
         return self.model.variant in ENCODER_VARIANTS
+
+    @property
+    def encoder_reads_image(self) -> bool:
+        """E takes x itself (ALI, or model.e_input=image) rather than D's feature map."""
+        return self.model.variant == "ali" or self.model.e_input == "image"
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -66,7 +66,7 @@ class DaliModel:
         x = self._check_images(x)
 
         def one(b):
-            mu, logvar = encode(self.exp.cfg.model.variant, self.exp.D, self.exp.E, b)
+            mu, logvar = encode(self.exp.cfg, self.exp.D, self.exp.E, b)
             if self.exp.cfg.model.variant == "dali-l2":
                 return mu, torch.ones_like(mu)
             return mu, torch.exp(0.5 * logvar)

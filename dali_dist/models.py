@@ -264,9 +264,10 @@ class StandaloneEncoder(nn.Module):
         return self.heads(self.trunk(x))
 
 
-def encode(variant: str, D: nn.Module, E: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mu, logvar) of q(z|x): DALI's encoder reads D's trunk features; ALI's reads x."""
-    if variant == "ali":
+def encode(cfg: Config, D: nn.Module, E: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, logvar) of q(z|x): DALI's encoder reads D's trunk features (unless model.e_input
+    is image); ALI's reads x."""
+    if cfg.encoder_reads_image:
         return E(x)
     return E(D(x)[1])
 
@@ -296,19 +297,29 @@ def _build_ali(cfg: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
         G = MLPGenerator(m.latent_dim, m.g_hidden, m.g_norm)
         x_trunk = MLPDiscriminator(m.d_hidden).features
         D = JointDiscriminator(x_trunk, m.d_hidden[-1], m.latent_dim, m.d_hidden[-1])
-        e_trunk = MLPDiscriminator(m.d_hidden).features
-        E = StandaloneEncoder(e_trunk, MLPEncoder(m.d_hidden[-1], m.e_hidden, m.latent_dim, logvar_range))
-        return G, D, E
+        return G, D, standalone_mlp_encoder(cfg)
     # the same G, the same x trunk as DALI's D; the joint head is as wide as DALI's MLP head
     G, ref = image_networks(cfg)
     flat = ref.feature_shape[0] * ref.feature_shape[1] * ref.feature_shape[2]
     width = m.d_head_width if m.d_head == "mlp" else 512
     D = JointDiscriminator(ref.features, flat, m.latent_dim, width, slope=m.lrelu_slope)
-    e_trunk, e_shape = image_trunk(cfg.data.resolution, cfg.data.channels, m.width, norm="batch", slope=m.lrelu_slope)
-    E = StandaloneEncoder(e_trunk, image_encoder(cfg, e_shape))
+    E = standalone_image_encoder(cfg)
     for net in (G, D, E):
         net.apply(_dcgan_init)
     return G, D, E
+
+
+def standalone_image_encoder(cfg: Config) -> StandaloneEncoder:
+    """An image encoder with a trunk of its own, built like D's (BatchNorm), then the heads."""
+    m = cfg.model
+    e_trunk, e_shape = image_trunk(cfg.data.resolution, cfg.data.channels, m.width, norm="batch", slope=m.lrelu_slope)
+    return StandaloneEncoder(e_trunk, image_encoder(cfg, e_shape))
+
+
+def standalone_mlp_encoder(cfg: Config) -> StandaloneEncoder:
+    m = cfg.model
+    return StandaloneEncoder(MLPDiscriminator(m.d_hidden).features,
+                             MLPEncoder(m.d_hidden[-1], m.e_hidden, m.latent_dim, (m.logvar_min, m.logvar_max)))
 
 
 def build_models(cfg: Config) -> tuple[nn.Module, nn.Module, nn.Module | None]:
@@ -320,10 +331,20 @@ def build_models(cfg: Config) -> tuple[nn.Module, nn.Module, nn.Module | None]:
     if m.family == "mlp":
         G = MLPGenerator(m.latent_dim, m.g_hidden, m.g_norm)
         D = MLPDiscriminator(m.d_hidden)
-        E = MLPEncoder(D.feature_dim, m.e_hidden, m.latent_dim, logvar_range) if cfg.has_encoder else None
+        if not cfg.has_encoder:
+            E = None
+        elif cfg.encoder_reads_image:
+            E = standalone_mlp_encoder(cfg)
+        else:
+            E = MLPEncoder(D.feature_dim, m.e_hidden, m.latent_dim, logvar_range)
     else:
         G, D = image_networks(cfg)
-        E = image_encoder(cfg, D.feature_shape) if cfg.has_encoder else None
+        if not cfg.has_encoder:
+            E = None
+        elif cfg.encoder_reads_image:
+            E = standalone_image_encoder(cfg)
+        else:
+            E = image_encoder(cfg, D.feature_shape)
         for net in (G, D, E):
             if net is not None:
                 net.apply(_dcgan_init)

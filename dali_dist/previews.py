@@ -33,7 +33,7 @@ def write_reconstructions(run_dir: Path, step: int, cfg: Config, G, D, E, x: tor
     for m in nets:
         m.eval()
     with torch.no_grad():
-        mu, _ = encode(cfg.model.variant, D, E, x)
+        mu, _ = encode(cfg, D, E, x)
         rec = G(mu)
     for m, was in zip(nets, modes):
         m.train(was)

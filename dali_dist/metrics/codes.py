@@ -22,7 +22,7 @@ def split_codes(exp: Exported, source, split: str, *, batch_size: int, ranks: Ra
     bar = tqdm(total=(total // ranks.world) if total else None, desc=f"encode ({split})", unit="img",
                disable=not (progress and ranks.is_main))
     for x, y, _ in eval_batches(source, split=split, batch_size=batch_size, rank=ranks.rank, world_size=ranks.world):
-        mu, _ = encode(exp.cfg.model.variant, exp.D, exp.E, x.to(device))
+        mu, _ = encode(exp.cfg, exp.D, exp.E, x.to(device))
         codes.append(mu.float().cpu().numpy())
         labels.append(y.numpy())
         bar.update(len(x))

@@ -34,7 +34,7 @@ from .ranks import Ranks
 def round_trip(exp: Exported, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x: float (N, C, H, W) in [-1, 1] on the models' device -> (mu(x), per-image MSE of
     G(mu(x)) on the [0, 1] scale, (N,) float64)."""
-    mu, _ = encode(exp.cfg.model.variant, exp.D, exp.E, x)
+    mu, _ = encode(exp.cfg, exp.D, exp.E, x)
     rec = exp.G(mu)
     a = (x.double() + 1) / 2
     b = (rec.double() + 1) / 2

@@ -13,10 +13,11 @@ from dali_dist.models import build_models
 LR = 0.05
 
 
-def make(variant="dali", order="alternating", seed=0, adversarial="gan", gp_weight=10.0):
+def make(variant="dali", order="alternating", seed=0, adversarial="gan", gp_weight=10.0, e_input="trunk"):
     torch.manual_seed(seed)
     cfg = Config()
     cfg.model.variant = variant
+    cfg.model.e_input = e_input
     cfg.model.latent_dim = 3
     cfg.model.g_hidden = [16]
     cfg.model.d_hidden = [16, 8]
@@ -24,7 +25,8 @@ def make(variant="dali", order="alternating", seed=0, adversarial="gan", gp_weig
     G, D, E = build_models(cfg)
     ge_params = list(G.parameters()) + (list(E.parameters()) if E is not None else [])
     nets = Networks(G, D, E, torch.optim.SGD(D.parameters(), lr=LR), torch.optim.SGD(ge_params, lr=LR))
-    step = DaliStep(nets, variant=variant, lambda_e=1 / 3, update_order=order, adversarial=adversarial, gp_weight=gp_weight)
+    step = DaliStep(nets, variant=variant, lambda_e=1 / 3, update_order=order, adversarial=adversarial, gp_weight=gp_weight,
+                    encoder_reads_image=cfg.encoder_reads_image)
     return cfg, nets, step
 
 
@@ -41,8 +43,9 @@ def same(a, b):
     return all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_alternating_iteration_equals_reference():
-    _, nets, step = make()
+@pytest.mark.parametrize("e_input", ["trunk", "image"])
+def test_alternating_iteration_equals_reference(e_input):
+    _, nets, step = make(e_input=e_input)
     G, D, E = (copy.deepcopy(m) for m in (nets.G, nets.D, nets.E))
     x, z_d, z_g = batch()
     step([x], [z_d, z_g])
@@ -51,8 +54,9 @@ def test_alternating_iteration_equals_reference():
     ld = d_loss_gan(D(x)[0], D(G(z_d).detach())[0])
     for p, g in zip(D.parameters(), torch.autograd.grad(ld, list(D.parameters()))):
         p.data -= LR * g
-    logit, h = D(G(z_g))
-    mu, logvar = E(h)
+    x_fake = G(z_g)
+    logit, h = D(x_fake)
+    mu, logvar = E(h if e_input == "trunk" else x_fake)  # image: E's own trunk on G(z)
     lrec = g_loss_gan(logit) + encoder_loss(z_g, mu, logvar, 1 / 3)
     ge = list(G.parameters()) + list(E.parameters())
     for p, g in zip(ge, torch.autograd.grad(lrec, ge)):
@@ -83,9 +87,10 @@ def test_simultaneous_iteration_equals_reference():
             torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("e_input", ["trunk", "image"])
 @pytest.mark.parametrize("order", ["alternating", "simultaneous"])
-def test_each_phase_moves_only_its_networks(order):
-    _, nets, step = make(order=order)
+def test_each_phase_moves_only_its_networks(order, e_input):
+    _, nets, step = make(order=order, e_input=e_input)
     g0, d0, e0 = snap(nets.G), snap(nets.D), snap(nets.E)
     seen = {}
     d_step, ge_step = nets.opt_d.step, nets.opt_ge.step

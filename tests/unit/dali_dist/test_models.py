@@ -113,3 +113,25 @@ def test_ali_joint_head_is_as_wide_as_the_mlp_head():
     cfg = load_config("mnist", ["model.variant=ali", "model.d_head=mlp", "model.d_head_width=96"], data="x")
     _, D, _ = build_models(cfg)
     assert D.head.in_features == 96 and D.z_net[0].out_features == 96
+
+
+@pytest.mark.parametrize("preset, sets", [("mnist", ["model.width=8", "model.latent_dim=16"]), ("grid2d", [])])
+def test_encoder_on_the_image_has_its_own_trunk_and_reads_x(preset, sets):
+    """model.e_input=image: E owns a trunk built like D's (no parameter shared with D) and
+    encode() feeds it x; the default reads D's feature map."""
+    from dali_dist.models import encode
+
+    cfg = load_config(preset, [*sets, "model.e_input=image"], **({"data": "x"} if preset == "mnist" else {}))
+    G, D, E = build_models(cfg)
+    assert cfg.encoder_reads_image and not {id(p) for p in E.parameters()} & {id(p) for p in D.parameters()}
+    assert _count(E.trunk) == _count(D.features)
+    for net in (G, D, E):
+        net.eval()
+    x = G(torch.randn(4, cfg.model.latent_dim))
+    torch.testing.assert_close(encode(cfg, D, E, x)[0], E(x)[0])
+    default = load_config(preset, sets, **({"data": "x"} if preset == "mnist" else {}))
+    G2, D2, E2 = build_models(default)
+    for net in (D2, E2):
+        net.eval()
+    assert not default.encoder_reads_image
+    torch.testing.assert_close(encode(default, D2, E2, x)[0], E2(D2(x)[1])[0])
