@@ -292,7 +292,6 @@ def image_encoder(cfg: Config, feature_shape: tuple) -> ConvEncoder:
 
 def _build_ali(cfg: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
     m = cfg.model
-    logvar_range = (m.logvar_min, m.logvar_max)
     if m.family == "mlp":
         G = MLPGenerator(m.latent_dim, m.g_hidden, m.g_norm)
         x_trunk = MLPDiscriminator(m.d_hidden).features
