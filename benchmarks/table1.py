@@ -1,6 +1,6 @@
 """Paper Table 1 side by side: every variant on one image set, one budget, several seeds, then
-the evaluation job (reconstruction MSE, Inception score, FID, KID) and the latent-space
-measures, a curve of fid_classifier against step, and the sample and reconstruction grids of
+the evaluation job (reconstruction MSE and its round trip on G's own samples, Inception score,
+FID, KID) and the latent-space measures, a curve of fid_classifier against step, and the sample and reconstruction grids of
 every variant side by side.
 
     python benchmarks/table1.py                                   # Fashion-MNIST, 6,000 steps, seeds 0 1
@@ -47,7 +47,7 @@ PAPER = {  # Table 1: MNIST MSE, MNIST IS, CIFAR-10 MSE, CIFAR-10 IS, CIFAR-10 F
     "gan": (None, 9.464, None, 6.287, 37.1),
     "ali": (0.480, 8.749, 0.672, 5.930, 58.9),
 }
-COLUMNS = ["mse", "inception_score", "fid_classifier", "kid_classifier", "probe_accuracy", "knn_accuracy", "train_s"]
+COLUMNS = ["mse", "cycle_mse", "latent_mse", "inception_score", "fid_classifier", "kid_classifier", "probe_accuracy", "knn_accuracy", "train_s"]
 
 
 def cli(*args: str, threads: int) -> None:
@@ -206,7 +206,7 @@ def main() -> None:
                 cli("train", "--config", config, "--data", data, "--run-dir", str(run_dir),
                     *[a for s in sets for a in ("--set", s)], *resume, threads=args.threads)
             metrics = "is,kid" if grey else "fid,is,kid"
-            metrics += ",mse,probe,knn" if variant != "gan" else ""
+            metrics += ",mse,cycle,probe,knn" if variant != "gan" else ""
             out = run_dir / "metrics.json"
             cli("evaluate", "--run-dir", str(run_dir), "--metrics", metrics, "--num-samples", str(args.num_samples),
                 "--out", str(out), "--no-progress", "--overwrite", *extra, threads=args.threads)
@@ -239,7 +239,7 @@ def main() -> None:
         args.run_root.mkdir(parents=True, exist_ok=True)
         ref_cache.write_text(json.dumps({"data": key, "reference": reference}, indent=2))
 
-    cols = COLUMNS if grey else ["mse", "inception_score", "fid", "kid", "probe_accuracy", "knn_accuracy", "train_s"]
+    cols = COLUMNS if grey else ["mse", "cycle_mse", "latent_mse", "inception_score", "fid", "kid", "probe_accuracy", "knn_accuracy", "train_s"]
     print(f"\n{args.dataset}, {args.steps} steps, seeds {args.seeds} (mean ± std over seeds)\n")
     print("| variant | seeds | " + " | ".join(cols) + " | paper MSE | paper IS |")
     print("|---" * (len(cols) + 4) + "|")
