@@ -197,8 +197,8 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         speed = f"{base['trainer_ms'] / r['trainer_ms']:.2f}x" if base else "-"
-        comp = (f"{r['compiled_ms']:.2f} | {base['trainer_ms'] / r['compiled_ms']:.2f}x" if "compiled_ms" in r and base
-                else "- | -")
+        comp = (f"{r['compiled_ms']:.2f} | " + (f"{base['trainer_ms'] / r['compiled_ms']:.2f}x" if base else "-")
+                if "compiled_ms" in r else "- | -")
         print(f"| {r['precision']} | {r['batch']} | {r['plain_ms']:.2f} | {r['trainer_ms']:.2f} | {r['overhead_pct']:+.1f} % | "
               f"{r['trainer_img_s']:.0f} | {speed} | {comp} | {format(r['zero2_img_s'], '.0f') if 'zero2_img_s' in r else '-'} |")
     shutil.rmtree(work, ignore_errors=True)
