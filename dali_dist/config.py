@@ -124,7 +124,8 @@ class OptimConfig:
     """Adam beta2."""
     schedule: Literal["constant", "cosine", "inv-sqrt-epoch"] = "constant"
     """Learning-rate schedule: constant; cosine decay to min_lr_ratio over train.steps;
-    inv-sqrt-epoch is the authors' lr/sqrt(epoch+1)."""
+    inv-sqrt-epoch is the authors' lr/sqrt(epoch+1), an epoch being one pass over the training
+    data (a step reads train.d_steps real batches)."""
     warmup_steps: int = 0
     """Linear warm-up steps before the schedule."""
     min_lr_ratio: float = 0.0

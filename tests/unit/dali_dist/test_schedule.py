@@ -78,3 +78,16 @@ def test_cosine_matches_torchs_cosine_annealing(warmup, min_ratio):
 def test_lambda_ramp_is_linear_from_zero():
     assert [ramp_factor(s, 4) for s in (0, 1, 2, 4, 100)] == [0.0, 0.25, 0.5, 1.0, 1.0]
     assert ramp_factor(0, 0) == 1.0
+
+
+@pytest.mark.parametrize("order,d_steps,batches_per_step", [("alternating", 3, 3), ("alternating", 1, 1),
+                                                            ("simultaneous", 1, 1)])
+def test_an_epoch_is_a_pass_over_the_data_whatever_d_steps(order, d_steps, batches_per_step):
+    # an alternating step reads d_steps real batches: with 600 batches per epoch and d_steps=3
+    # the epoch changes every 200 steps, not every 600
+    cfg = load_config("mnist", [f"train.update_order={order}", f"train.d_steps={d_steps}"], data="x")
+    opts, plan = _optimizers(True), learning_rate_plan(cfg, True)
+    for step in (0, 199, 200, 599, 600, 1000):
+        epoch = step * batches_per_step // 600
+        rates = set_learning_rates(step, cfg, 600, opts, plan)
+        assert rates["lr_d"] == pytest.approx(cfg.optim.lr_d / math.sqrt(epoch + 1))
