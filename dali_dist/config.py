@@ -251,6 +251,7 @@ _POSITIVE_INT = {
 }
 # Upper limits on sizes, so that a typo is a config error instead of an allocator failure.
 MAX_WIDTH = 16384
+MAX_PARAMETERS = 2**31  # G, D and E together
 # Sizes whose typo would exhaust memory or overflow a C integer further down.
 _UPPER_LIMITS = {
     "model.latent_dim": MAX_WIDTH, "train.batch_size": 1 << 20, "eval.batch_size": 1 << 20,
@@ -352,6 +353,20 @@ def validate(cfg: Config) -> None:
         raise UserError(
             f"config: optim.warmup_steps ({cfg.optim.warmup_steps}) must be below train.steps ({cfg.train.steps})"
         )
+    _check_network_size(cfg)
+
+
+def _check_network_size(cfg: Config) -> None:
+    """Each width is bounded on its own, but the fully connected layers multiply them (the FC
+    generator's and the MLP head's 7x7 maps): count the weights the config describes."""
+    from .models import parameter_count  # models imports this module
+
+    n = parameter_count(cfg)
+    if n > MAX_PARAMETERS:
+        raise UserError(
+            f"config: these networks would hold {n:,} weights (limit {MAX_PARAMETERS:,}, 8 GiB in fp32 before "
+            "gradients and Adam's moments); lower model.width, model.g_fc_width, model.d_head_width or "
+            "model.e_head_width")
 
 
 def _get(cfg: Any, dotted: str) -> Any:

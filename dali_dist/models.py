@@ -302,10 +302,7 @@ def _build_ali(cfg: Config) -> tuple[nn.Module, nn.Module, nn.Module]:
     flat = ref.feature_shape[0] * ref.feature_shape[1] * ref.feature_shape[2]
     width = m.d_head_width if m.d_head == "mlp" else 512
     D = JointDiscriminator(ref.features, flat, m.latent_dim, width, slope=m.lrelu_slope)
-    E = standalone_image_encoder(cfg)
-    for net in (G, D, E):
-        net.apply(_dcgan_init)
-    return G, D, E
+    return G, D, standalone_image_encoder(cfg)
 
 
 def standalone_image_encoder(cfg: Config) -> StandaloneEncoder:
@@ -322,7 +319,25 @@ def standalone_mlp_encoder(cfg: Config) -> StandaloneEncoder:
 
 
 def build_models(cfg: Config) -> tuple[nn.Module, nn.Module, nn.Module | None]:
-    """(G, D, E) for a config; E is None for the encoder-free ``gan`` variant."""
+    """(G, D, E) for a config; E is None for the encoder-free ``gan`` variant. Image networks
+    get the DCGAN initialisation (in the order G, D, E)."""
+    nets = _networks(cfg)
+    if cfg.model.family != "mlp":
+        for net in nets:
+            if net is not None:
+                net.apply(_dcgan_init)
+    return nets
+
+
+def parameter_count(cfg: Config) -> int:
+    """Weights of G, D and E for a config, counted on the meta device: no memory is
+    allocated and no random number is drawn, so config validation can refuse a size that
+    would not fit before anything is built."""
+    with torch.device("meta"):
+        return sum(p.numel() for net in _networks(cfg) if net is not None for p in net.parameters())
+
+
+def _networks(cfg: Config) -> tuple[nn.Module, nn.Module, nn.Module | None]:
     m = cfg.model
     if m.variant == "ali":
         return _build_ali(cfg)
@@ -344,9 +359,6 @@ def build_models(cfg: Config) -> tuple[nn.Module, nn.Module, nn.Module | None]:
             E = standalone_image_encoder(cfg)
         else:
             E = image_encoder(cfg, D.feature_shape)
-        for net in (G, D, E):
-            if net is not None:
-                net.apply(_dcgan_init)
     return G, D, E
 
 

@@ -131,6 +131,9 @@ def test_the_same_self_referencing_mapping_set_twice():
     ("model.d_head_width=100000", "model.d_head_width must be between 1 and 16384"),
     ("model.e_head_width=0", "model.e_head_width must be between 1 and 16384"),
     ("model.width=10000", "channels in the deepest layer"),
+    # each width within its bound, but the 7x7 map's FC layers multiply them
+    ("model.width=8192", "these networks would hold 7,200,495,106 weights (limit 2,147,483,648"),
+    ("model.width=2048 --set model.d_head_width=16384", "weights (limit"),
     ("model.lrelu_slope=1.5", "model.lrelu_slope must be in [0, 1)"),
     ("model.d_head=resnet", "model.d_head must be one of conv, mlp"),
     ("optim.lr_e=0", "optim.lr_e must be > 0"),
@@ -138,7 +141,13 @@ def test_the_same_self_referencing_mapping_set_twice():
 ])
 def test_bad_image_network_options_are_one_line_config_errors(override, message):
     with pytest.raises(UserError, match=re.escape(message)):
-        load_config("mnist", [override], data="x")
+        load_config("mnist", override.split(" --set "), data="x")
+
+
+def test_the_weight_limit_also_holds_for_the_64_px_presets():
+    with pytest.raises(UserError, match="weights \\(limit"):
+        load_config("cifar10", ["model.width=2048"], data="x")
+    assert load_config("cifar10", [], data="x").model.width == 128
 
 
 def test_image_options_on_the_2d_networks_are_refused():

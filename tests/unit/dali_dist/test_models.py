@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dali_dist.config import load_config
-from dali_dist.models import build_models, sample_shape
+from dali_dist.models import build_models, parameter_count, sample_shape
 
 
 @pytest.mark.parametrize("res, ch", [(28, 1), (32, 3), (64, 3)])
@@ -135,3 +135,16 @@ def test_encoder_on_the_image_has_its_own_trunk_and_reads_x(preset, sets):
         net.eval()
     assert not default.encoder_reads_image
     torch.testing.assert_close(encode(default, D2, E2, x)[0], E2(D2(x)[1])[0])
+
+
+@pytest.mark.parametrize("preset, sets", [("mnist", []), ("mnist", ["model.variant=ali"]), ("mnist", ["model.variant=gan"]),
+                                          ("mnist", ["model.e_input=image"]), ("cifar10", []), ("grid2d", ["model.variant=ali"])])
+def test_parameter_count_is_the_built_networks_and_draws_no_random_number(preset, sets):
+    cfg = load_config(preset, sets, data="x")
+    torch.manual_seed(7)
+    counted = parameter_count(cfg)
+    after_count = torch.rand(1)
+    torch.manual_seed(7)
+    assert torch.equal(torch.rand(1), after_count)  # the global generator was not advanced
+    nets = build_models(cfg)
+    assert counted == sum(p.numel() for net in nets if net is not None for p in net.parameters())
