@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import atomic
 from .algorithm import DaliStep
-from .batches import DeviceBatches
+from .batches import DeviceBatches, check_data_matches
 from .batchnorm import precise_bn_copy
 from .checkpoint import TrainState, complete_checkpoints, resolve_resume
 from .config import Config
@@ -74,6 +74,10 @@ class Trainer:
         for sub in ("checkpoints", "images"):  # found now, not at the first checkpoint or picture
             if (run_dir / sub).exists() and not (run_dir / sub).is_dir():
                 raise UserError(f"{run_dir / sub}: exists and is not a directory (the run keeps its {sub} there)")
+        if data is None and cfg.data.source is not None:  # shards that do not fit: refused before RUN_DIR is made
+            from .data_sources import describe
+
+            check_data_matches(cfg, describe(cfg.data.source, on_corrupt=cfg.data.on_corrupt))
         accelerator = make_accelerator(cfg)
         threads = configure_threads()
         world = accelerator.num_processes

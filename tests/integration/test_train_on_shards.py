@@ -39,10 +39,12 @@ def test_dcgan_trains_on_mnist_shards_and_resumes(tmp_path, mnist_shards):
 def test_shards_that_do_not_fit_the_config_are_refused(tmp_path, mnist_shards):
     cfg = load_config("mnist", [*TINY_IMG, "train.steps=2", "data.resolution=32"], data=str(mnist_shards))
     with pytest.raises(UserError, match="images are 28px with 1 channel"):
-        train(cfg, tmp_path)
+        train(cfg, tmp_path / "a")
     cfg = load_config("grid2d", ["train.steps=2", "train.batch_size=8", "tracking.enabled=false"], data=str(mnist_shards))
     with pytest.raises(UserError, match="needs 2D points"):
         train(cfg, tmp_path / "b")
+    # refused before the run directory is made (no config.yaml, no images/ left behind)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
 @pytest.mark.timeout(120)
