@@ -74,10 +74,6 @@ class Trainer:
         for sub in ("checkpoints", "images"):  # found now, not at the first checkpoint or picture
             if (run_dir / sub).exists() and not (run_dir / sub).is_dir():
                 raise UserError(f"{run_dir / sub}: exists and is not a directory (the run keeps its {sub} there)")
-        if data is None and cfg.data.source is not None:  # shards that do not fit: refused before RUN_DIR is made
-            from .data_sources import describe
-
-            check_data_matches(cfg, describe(cfg.data.source, on_corrupt=cfg.data.on_corrupt))
         accelerator = make_accelerator(cfg)
         threads = configure_threads()
         world = accelerator.num_processes
@@ -101,6 +97,10 @@ class Trainer:
         self.is_main = accelerator.is_main_process
         self._build_networks(protect)
         self._restore_and_wrap(ckpt)
+        if data is None and cfg.data.source is not None:  # shards that do not fit: refused before RUN_DIR is made
+            from .data_sources import describe
+
+            check_data_matches(cfg, describe(cfg.data.source, on_corrupt=cfg.data.on_corrupt))
         if self.is_main:  # only now: a checkpoint that fails to load leaves RUN_DIR as it was
             write_run_config(run_dir, cfg)
         accelerator.wait_for_everyone()
