@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from . import atomic
 from .algorithm import DaliStep
-from .batches import DeviceBatches, check_data_matches
+from .batches import DeviceBatches
 from .batchnorm import precise_bn_copy
 from .checkpoint import TrainState, complete_checkpoints, resolve_resume
 from .config import Config
@@ -97,14 +97,12 @@ class Trainer:
         self.is_main = accelerator.is_main_process
         self._build_networks(protect)
         self._restore_and_wrap(ckpt)
-        if data is None and cfg.data.source is not None:  # shards that do not fit: refused before RUN_DIR is made
-            from .data_sources import describe
-
-            check_data_matches(cfg, describe(cfg.data.source, on_corrupt=cfg.data.on_corrupt))
+        # opening the stream checks the shards against the config: refused before RUN_DIR is made
+        self.data = data if data is not None else DeviceBatches(cfg, self.rank, self.world, self.batch, self.device)
         if self.is_main:  # only now: a checkpoint that fails to load leaves RUN_DIR as it was
             write_run_config(run_dir, cfg)
         accelerator.wait_for_everyone()
-        self._open_data_and_upkeep(data)
+        self._open_data_and_upkeep()
         self.lrs: dict[str, float] = {}
         self._reset_tick(time.perf_counter())
 
@@ -160,11 +158,10 @@ class Trainer:
             encoder_reads_image=cfg.encoder_reads_image,
         )
 
-    def _open_data_and_upkeep(self, data) -> None:
+    def _open_data_and_upkeep(self) -> None:
         """The batch stream (from where the checkpoint left it), the fixed preview inputs,
         tracking, stop requests and the rank watchdog."""
         cfg = self.cfg
-        self.data = data if data is not None else DeviceBatches(cfg, self.rank, self.world, self.batch, self.device)
         self.batches = self.data.start(self.state.batches_consumed)
         self.is_2d = cfg.data.dataset == "grid2d"
         self.z_fixed = latent(min(cfg.eval.num_samples, 2500) if self.is_2d else 64, cfg.model.latent_dim, "fixed",
