@@ -19,8 +19,10 @@ changed, keeps a checkpoint every --curve-every steps, and logs to the MLflow st
 <run-root>/mlflow.db. A run whose final checkpoint exists is not trained again (so a killed
 benchmark resumes, and --report-only redraws). Reference rows: real test images scored like
 generated ones (the ceiling for IS, the floor for fid/kid) and raw pixels for the probe and
-k-NN. Writes benchmarks/results/table1.json (per-seed numbers and the command),
-table1_curve.png and table1_grids.png.
+k-NN. Writes benchmarks/results/table1.json (per-seed numbers and the command; --out names it),
+table1_curve.png and table1_grids.png (named after --out). --include adds an earlier JSON's
+per-seed results for runs not on this machine (same --steps and --set only); the grids then
+show, and their file name lists, only the variants whose run directories are here.
 """
 
 from __future__ import annotations
@@ -97,6 +99,24 @@ def real_test_reference(data: str, seed: int) -> dict:
             "kid_classifier": kernel_distance(te, tr, seed)}
 
 
+def include_results(path: Path, per_seed: dict, curves: dict, steps: int, overrides: list[str]) -> list[str]:
+    """Adds an earlier table's per-seed results for every (variant, seed) not present yet;
+    returns them as "variant/seed". Refused unless the budget and overrides are the same."""
+    earlier = json.loads(path.read_text())
+    if earlier.get("steps") != steps or sorted(earlier.get("overrides", [])) != sorted(overrides):
+        raise SystemExit(f"error: {path}: trained with --steps {earlier.get('steps')} and --set "
+                         f"{earlier.get('overrides')}, not this table's {steps} and {overrides}")
+    added = []
+    for variant, seeds in earlier.get("per_seed", {}).items():
+        for seed, result in seeds.items():
+            if seed in per_seed.get(variant, {}):
+                continue
+            per_seed.setdefault(variant, {})[seed] = result
+            curves[(variant, int(seed))] = [(int(s), v) for s, v in result.get("curve", {}).items()]
+            added.append(f"{variant}/{seed}")
+    return added
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
@@ -105,24 +125,32 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
 
 
-def draw_curve(curves: dict, out: Path, steps_per_epoch: int) -> None:
+def draw_curve(curves: dict, out: Path, steps_per_epoch: int, mse_curves: dict | None = None) -> None:
+    """fid_classifier against step per variant and seed; beside it, where runs recorded it,
+    the test-set reconstruction MSE against step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    mse_curves = {k: v for k, v in (mse_curves or {}).items() if v}
+    panels = [(curves, "fid_classifier (lower is better)", "FID in the classifier's feature space", True)]
+    if mse_curves:
+        panels.append((mse_curves, "reconstruction MSE on the test split", "reconstruction error", False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), dpi=120, squeeze=False)
     colors = {"dali": "tab:blue", "dali-l2": "tab:cyan", "gan": "tab:orange", "ali": "tab:red"}
-    for (variant, seed), points in sorted(curves.items()):
-        xs, ys = zip(*sorted(points))
-        ax.plot(xs, ys, marker="o", color=colors.get(variant), alpha=0.9 if seed == 0 else 0.5,
-                linestyle="-" if seed == 0 else "--", label=f"{variant} (seed {seed})")
-    ax.set_xlabel(f"training step (batch 100; {steps_per_epoch} steps = 1 epoch)")
-    ax.set_ylabel("fid_classifier (lower is better)")
-    ax.set_yscale("log")
-    ax.set_title("Fashion-MNIST: FID in the classifier's feature space during training")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    for ax, (series, ylabel, title, log) in zip(axes[0], panels):
+        for (variant, seed), points in sorted(series.items()):
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, marker="o", color=colors.get(variant), alpha=0.9 if seed == 0 else 0.5,
+                    linestyle="-" if seed == 0 else "--", label=f"{variant} (seed {seed})")
+        ax.set_xlabel(f"training step (batch 100; {steps_per_epoch} steps = 1 epoch)")
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title(f"Fashion-MNIST: {title} during training")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
@@ -174,6 +202,8 @@ def main() -> None:
     ap.add_argument("--run-root", type=Path, default=REPO / "runs" / "bench-table1")
     ap.add_argument("--report-only", action="store_true", help="evaluate and report finished runs; train nothing")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "table1.json")
+    ap.add_argument("--include", type=Path, help="an earlier table1 JSON whose per-seed results (numbers and curves) "
+                    "join the table for every variant and seed not run or found here (e.g. runs trained on another machine)")
     args = ap.parse_args()
 
     data = args.data
@@ -215,15 +245,20 @@ def main() -> None:
             result["train_s"] = last["elapsed_s"]
             # the curve: every kept checkpoint, same protocol (recorded values are reused)
             curve_out = run_dir / "curve.json"
-            cli("evaluate", "--run-dir", str(run_dir), "--all-checkpoints", "--metrics", "is" if grey else "fid",
+            curve_metrics = ("is" if grey else "fid") + (",mse" if variant != "gan" else "")
+            cli("evaluate", "--run-dir", str(run_dir), "--all-checkpoints", "--metrics", curve_metrics,
                 "--num-samples", str(args.num_samples), "--out", str(curve_out), "--no-progress", "--overwrite", *extra,
                 threads=args.threads)
             history = json.loads(curve_out.read_text()).get("history", [])
             curves[(variant, seed)] = [(h["step"], h[fid_key]) for h in history if fid_key in h]
             result["curve"] = {str(s): v for s, v in curves[(variant, seed)]}
+            if variant != "gan":
+                result["curve_mse"] = {str(h["step"]): h["mse"] for h in history if "mse" in h}
             per_seed.setdefault(variant, {})[str(seed)] = result
             print(f"{variant} seed {seed}: " + json.dumps({k: round(v, 5) for k, v in result.items()
                                                            if k in COLUMNS or k == "fid"}), flush=True)
+
+    included = include_results(args.include, per_seed, curves, args.steps, args.overrides) if args.include else []
 
     # the reference rows depend on the data only: computed once per run root and shards
     from dali_dist.data import describe
@@ -260,14 +295,27 @@ def main() -> None:
               f"{(0.026 / 0.480 if grey else 0.019 / 0.672):.3f} in the paper")
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    # pictures are named after --out (table1.json -> table1_curve.png, table1_grids.png)
     if curves:
-        draw_curve(curves, args.out.with_name("table1_curve.png"), steps_per_epoch=600 if grey else 500)
-    draw_grids({v: args.run_root / f"seed-{args.seeds[0]}" / v for v in per_seed}, args.steps,
-               args.out.with_name("table1_grids.png"))
-    args.out.write_text(json.dumps({
+        mse_curves = {(v, int(seed)): [(int(s), m) for s, m in r.get("curve_mse", {}).items()]
+                      for v, seeds in per_seed.items() for seed, r in seeds.items()}
+        draw_curve(curves, args.out.with_name(f"{args.out.stem}_curve.png"), steps_per_epoch=600 if grey else 500,
+                   mse_curves=mse_curves)
+    # grids need the run directories: included variants have none here, so the picture names
+    # the variants it shows instead of passing for the whole table
+    drawn = [v for v in per_seed if (args.run_root / f"seed-{args.seeds[0]}" / v).is_dir()]
+    suffix = "" if drawn == list(per_seed) else "_" + "_".join(drawn)
+    draw_grids({v: args.run_root / f"seed-{args.seeds[0]}" / v for v in drawn}, args.steps,
+               args.out.with_name(f"{args.out.stem}_grids{suffix}.png"))
+    record = {
         "command": " ".join(["python", "benchmarks/table1.py", *sys.argv[1:]]), "dataset": args.dataset,
         "steps": args.steps, "seeds": args.seeds, "overrides": args.overrides, "per_seed": per_seed,
-        "reference": reference, "measured": time.strftime("%Y-%m-%d")}, indent=2))
+        "reference": reference, "measured": time.strftime("%Y-%m-%d")}
+    if args.include:
+        earlier = json.loads(args.include.read_text())
+        record["included"] = {"from_command": earlier.get("command"), "measured": earlier.get("measured"),
+                              "runs": included}
+    args.out.write_text(json.dumps(record, indent=2))
     print(f"wrote {args.out}")
 
 
