@@ -4,7 +4,7 @@ score, fid_classifier and reconstruction MSE of each, and the rate that ranks be
 variants.
 
     python benchmarks/lr_sweep.py                                   # 2e-5 1e-4 2e-4 4e-4, 1,000 steps
-    python benchmarks/lr_sweep.py --set train.mixed_precision=bf16 --preset-runs /work/t1runs/seed-0
+    python benchmarks/lr_sweep.py --set train.mixed_precision=bf16 --preset-runs RUN_ROOT/seed-0
 
 Why: the authors' rate (2e-5) was set for 300 epochs; a CPU affords 10-30. The rate is chosen
 once, for every variant alike (so no variant gets a rate tuned for it): the one with the best
@@ -30,7 +30,16 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks.table1 import cli  # noqa: E402  (one way to call the CLI for every benchmark)
 
-PRESET_LR = 2e-4  # the mnist preset's rate for G, D and E
+
+
+def preset_lr() -> float:
+    """The mnist preset's rate for G, D and E (read from the preset, so the two never drift)."""
+    from dali_dist.config import load_config
+
+    return load_config("mnist", [], data="unused").optim.lr_g
+
+
+PRESET_LR = preset_lr()
 
 
 def checkpoint_at(run_dir: Path, steps: int) -> Path | None:
