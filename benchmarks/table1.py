@@ -99,9 +99,10 @@ def real_test_reference(data: str, seed: int) -> dict:
             "kid_classifier": kernel_distance(te, tr, seed)}
 
 
-def include_results(path: Path, per_seed: dict, curves: dict, steps: int, overrides: list[str]) -> list[str]:
+def include_results(path: Path, per_seed: dict, curves: dict, steps: int, overrides: list[str]) -> dict:
     """Adds an earlier table's per-seed results for every (variant, seed) not present yet;
-    returns them as "variant/seed". Refused unless the budget and overrides are the same."""
+    returns where they came from and which ("variant/seed"). Refused unless the budget and
+    overrides are the same."""
     earlier = json.loads(path.read_text())
     if earlier.get("steps") != steps or sorted(earlier.get("overrides", [])) != sorted(overrides):
         raise SystemExit(f"error: {path}: trained with --steps {earlier.get('steps')} and --set "
@@ -114,7 +115,7 @@ def include_results(path: Path, per_seed: dict, curves: dict, steps: int, overri
             per_seed.setdefault(variant, {})[seed] = result
             curves[(variant, int(seed))] = [(int(s), v) for s, v in result.get("curve", {}).items()]
             added.append(f"{variant}/{seed}")
-    return added
+    return {"from_command": earlier.get("command"), "measured": earlier.get("measured"), "runs": added}
 
 
 def mean_std(values: list[float]) -> str:
@@ -258,7 +259,7 @@ def main() -> None:
             print(f"{variant} seed {seed}: " + json.dumps({k: round(v, 5) for k, v in result.items()
                                                            if k in COLUMNS or k == "fid"}), flush=True)
 
-    included = include_results(args.include, per_seed, curves, args.steps, args.overrides) if args.include else []
+    included = include_results(args.include, per_seed, curves, args.steps, args.overrides) if args.include else None
 
     # the reference rows depend on the data only: computed once per run root and shards
     from dali_dist.data import describe
@@ -311,10 +312,8 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/table1.py", *sys.argv[1:]]), "dataset": args.dataset,
         "steps": args.steps, "seeds": args.seeds, "overrides": args.overrides, "per_seed": per_seed,
         "reference": reference, "measured": time.strftime("%Y-%m-%d")}
-    if args.include:
-        earlier = json.loads(args.include.read_text())
-        record["included"] = {"from_command": earlier.get("command"), "measured": earlier.get("measured"),
-                              "runs": included}
+    if included:
+        record["included"] = included
     args.out.write_text(json.dumps(record, indent=2))
     print(f"wrote {args.out}")
 
