@@ -9,8 +9,9 @@ variants.
 Why: the authors' rate (2e-5) was set for 300 epochs; a CPU affords 10-30. The rate is chosen
 once, for every variant alike (so no variant gets a rate tuned for it): the one with the best
 mean rank of fid_classifier over the variants. --preset-runs points at a directory holding
-<variant>/ runs of table1.py with the preset's rate and the same seed; their checkpoint at
---steps stands in for that rate's row (the schedule, lr/sqrt(epoch+1), depends on the epoch, not
+<variant>/ runs of table1.py with the same seed; a run whose saved config (RUN_DIR/config.yaml)
+has one rate for G, D and E that is in --rates stands in, at its checkpoint at --steps, for that
+rate's row (the schedule, lr/sqrt(epoch+1), depends on the epoch, not
 on the total steps, so the first N steps of a longer run are this sweep's N steps). Writes
 benchmarks/results/lr_sweep.json.
 """
@@ -32,14 +33,18 @@ from benchmarks.table1 import cli  # noqa: E402  (one way to call the CLI for ev
 
 
 
-def preset_lr() -> float:
-    """The mnist preset's rate for G, D and E (read from the preset, so the two never drift)."""
-    from dali_dist.config import load_config
+def run_rate(run_dir: Path, seed: int) -> float | None:
+    """The one Adam rate a finished run used for G, D and E, read from its own saved config
+    (not assumed from the preset, which may have changed since), or None when the run is
+    missing, trained another seed or gave the networks different rates."""
+    from dali_dist.config import config_from_dict, read_saved_config
 
-    return load_config("mnist", [], data="unused").optim.lr_g
-
-
-PRESET_LR = preset_lr()
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    cfg = config_from_dict(read_saved_config(path))
+    rates = {cfg.optim.lr_g, cfg.optim.lr_d, cfg.optim.lr_e if cfg.optim.lr_e is not None else cfg.optim.lr_g}
+    return rates.pop() if len(rates) == 1 and cfg.train.seed == seed else None
 
 
 def checkpoint_at(run_dir: Path, steps: int) -> Path | None:
@@ -55,7 +60,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rates", nargs="+", type=float, default=[2e-5, 1e-4, 2e-4, 4e-4])
     ap.add_argument("--variants", nargs="+", default=["dali", "ali"])
-    ap.add_argument("--preset-runs", type=Path, help=f"<variant>/ runs at lr {PRESET_LR:g} (same seed) to reuse")
+    ap.add_argument("--preset-runs", type=Path, help="<variant>/ runs of table1.py (same seed) to reuse for the rate they trained at")
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override for every run")
     ap.add_argument("--num-samples", type=int, default=10000)
     ap.add_argument("--threads", type=int, default=2)
@@ -68,7 +73,7 @@ def main() -> None:
         for variant in args.variants:
             run_dir = args.run_root / variant / f"lr-{lr:g}"
             ckpt = checkpoint_at(run_dir, args.steps)
-            if ckpt is None and args.preset_runs and lr == PRESET_LR:
+            if ckpt is None and args.preset_runs and run_rate(args.preset_runs / variant, args.seed) == lr:
                 ckpt = checkpoint_at(args.preset_runs / variant, args.steps)
             if ckpt is None:
                 sets = [f"model.variant={variant}", f"train.seed={args.seed}", f"train.steps={args.steps}",
