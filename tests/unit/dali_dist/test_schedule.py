@@ -31,6 +31,12 @@ def test_inv_sqrt_epoch_decays_g_and_d_but_not_e_when_schedule_e_is_false():
         assert opts["d"].param_groups[0]["lr"] == rates["lr_d"]
 
 
+def test_mnist_preset_trains_g_d_and_e_at_the_one_measured_rate_with_only_g_and_d_decayed():
+    # the rate README and BENCHMARKS give for the preset (chosen by measurement for every variant)
+    plan = learning_rate_plan(load_config("mnist", [], data="x"), True)
+    assert plan == {"d": [(4e-4, True)], "ge": [(4e-4, True), (4e-4, False)]}
+
+
 def test_encoder_rate_defaults_to_the_generators_and_follows_the_schedule():
     cfg = load_config("mnist", ["optim.lr_g=3e-4", "optim.schedule_e=true"], data="x")
     cfg.optim.lr_e = None
