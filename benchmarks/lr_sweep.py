@@ -11,9 +11,8 @@ once, for every variant alike (so no variant gets a rate tuned for it): the one 
 mean rank of fid_classifier over the variants. --preset-runs points at a directory holding
 <variant>/ runs of table1.py with the same seed; a run whose saved config (RUN_DIR/config.yaml)
 has one rate for G, D and E that is in --rates stands in, at its checkpoint at --steps, for that
-rate's row (the schedule, lr/sqrt(epoch+1), depends on the epoch, not
-on the total steps, so the first N steps of a longer run are this sweep's N steps). Writes
-benchmarks/results/lr_sweep.json.
+rate's row (the schedule, lr/sqrt(epoch+1), depends on the epoch, not on the total steps, so
+the first N steps of a longer run are this sweep's N steps). Writes benchmarks/results/lr_sweep.json.
 """
 
 from __future__ import annotations
@@ -38,12 +37,13 @@ def run_rate(run_dir: Path, seed: int) -> float | None:
     (not assumed from the preset, which may have changed since), or None when the run is
     missing, trained another seed or gave the networks different rates."""
     from dali_dist.config import config_from_dict, read_saved_config
+    from dali_dist.schedule import learning_rate_plan
 
     path = run_dir / "config.yaml"
     if not path.is_file():
         return None
     cfg = config_from_dict(read_saved_config(path))
-    rates = {cfg.optim.lr_g, cfg.optim.lr_d, cfg.optim.lr_e if cfg.optim.lr_e is not None else cfg.optim.lr_g}
+    rates = {rate for groups in learning_rate_plan(cfg, has_encoder=True).values() for rate, _ in groups}
     return rates.pop() if len(rates) == 1 and cfg.train.seed == seed else None
 
 
