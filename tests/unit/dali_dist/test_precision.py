@@ -26,22 +26,45 @@ def _loss(m, bad=False):
     return out * float("inf") if bad else out
 
 
-def test_fused_adam_skips_on_the_device_without_a_host_read(monkeypatch):
-    """The GPU path: found_inf goes to the fused kernel, which leaves params and moments alone."""
-    if not torch.cuda.is_available():
-        pytest.skip("fused Adam with found_inf needs CUDA")
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_fused_adam_skips_on_the_device_without_a_host_read(monkeypatch, device):
+    """found_inf goes to the fused kernel, which leaves params and moments alone (CPU and GPU)."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
     torch.manual_seed(0)
-    m = torch.nn.Linear(3, 2).cuda()
-    opt = precision.make_adam(m.parameters(), 0.1, (0.5, 0.999), torch.device("cuda"))
-    upd = PhaseUpdate("d", opt, backward=lambda l, **k: l.backward(**k), device="cuda")
+    m = torch.nn.Linear(3, 2).to(device)
+    opt = precision.make_adam(m.parameters(), 0.1, (0.5, 0.999), torch.device(device))
+    assert opt.defaults["fused"]
+    upd = PhaseUpdate("d", opt, backward=lambda l, **k: l.backward(**k), device=device)
     assert upd._on_device_skip
-    upd.update(m(torch.ones(4, 3, device="cuda")).pow(2).mean())
+    upd.update(m(torch.ones(4, 3, device=device)).pow(2).mean())
     before = [p.detach().clone() for p in m.parameters()]
     monkeypatch.setattr(torch.Tensor, "item", lambda self: pytest.fail("host read in step()"))
-    upd.update(m(torch.ones(4, 3, device="cuda")).pow(2).mean() * float("inf"))
+    upd.update(m(torch.ones(4, 3, device=device)).pow(2).mean() * float("inf"))
     monkeypatch.undo()
     assert upd.skipped == 1 and all(torch.equal(a, b) for a, b in zip(before, m.parameters()))
     assert all(s["step"].item() == 1 for s in opt.state.values())
+
+
+def test_trainer_adam_on_cpu_steps_as_the_adam_update_rule():
+    """make_adam's fused CPU kernel against Adam written out by hand (bias-corrected moments),
+    over several steps with changing gradients: the same weights to float rounding."""
+    torch.manual_seed(0)
+    w = torch.randn(50, 7, dtype=torch.float64).float().requires_grad_(True)
+    opt = precision.make_adam([w], 1e-2, (0.6, 0.999), torch.device("cpu"))
+    w0 = w.detach().double().clone()
+    ref, m, v = w0.clone(), torch.zeros(50, 7, dtype=torch.float64), torch.zeros(50, 7, dtype=torch.float64)
+    b1, b2, lr, eps = 0.6, 0.999, 1e-2, 1e-8
+    for t in range(1, 6):
+        g = torch.randn(50, 7)
+        w.grad = g.clone()
+        opt.step()
+        g = g.double()
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        ref -= lr * (m / (1 - b1 ** t)) / ((v / (1 - b2 ** t)).sqrt() + eps)
+    torch.testing.assert_close(w.detach().double(), ref, rtol=0, atol=1e-6)
+    assert (w.detach().double() - w0).abs().max() > 2 * lr  # it moved: five steps of about lr each
 
 
 def test_fp16_scaled_step_equals_plain_step_and_overflow_skips_and_backs_off():
