@@ -33,11 +33,12 @@ FUSED_ADAM_DEVICES = ("cuda", "cpu")
 def make_adam(params, lr: float, betas: tuple[float, float], device: torch.device) -> torch.optim.Adam:
     """Adam, fused on CUDA and CPU: one kernel per step, and on-device skips through ``found_inf``.
 
-    On CPU the fused kernel is why: it reads each parameter, gradient and moment once, where
-    torch's default (foreach) Adam makes several passes over them. For the mnist preset's 13.7M
-    weights an Adam step took 27-37 ms foreach and 9-10 ms fused on 2 cores, about a tenth of
-    the bf16 training step (benchmarks/train_step.py, BENCHMARKS.md). Other devices keep
-    torch's default.
+    Why fused on CPU too: the fused kernel reads each parameter, gradient and moment once,
+    where torch's default (foreach) Adam makes several passes with model-sized temporaries.
+    For the mnist preset's 13.7M weights one step of both optimizers took 34 ms foreach and
+    13 ms fused on 2 cores, the same weights to float rounding (benchmarks/adam_step.py); the
+    bf16 trainer step fell from 252 to 195 ms (BENCHMARKS.md). Other devices keep torch's
+    default.
     """
     fused = torch.device(device).type in FUSED_ADAM_DEVICES
     return torch.optim.Adam(params, lr=lr, betas=betas, fused=fused or None)
