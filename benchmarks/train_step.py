@@ -56,7 +56,7 @@ def nets_and_opts(cfg, device):
     if cfg.train.compile:  # as the trainer does (train.compile)
         for net in (G, D, E):
             net.compile()
-    opt_d = make_adam(D.parameters(), cfg.optim.lr_d, betas, device)  # the trainer's Adam (fused on CUDA)
+    opt_d = make_adam(D.parameters(), cfg.optim.lr_d, betas, device)  # the trainer's Adam (fused on CUDA and CPU)
     opt_ge = make_adam([*G.parameters(), *E.parameters()], cfg.optim.lr_g, betas, device)
     return G, D, E, opt_d, opt_ge
 
