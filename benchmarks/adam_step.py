@@ -5,10 +5,10 @@
 
 Both optimizers get the same parameters (copies), the same gradients and the preset's betas
 (G's rate stands for E's: the rate does not change the work), and step alternately, one step
-each in turn, so machine noise (this CPU is shared) hits both alike; the table gives the median per step. The trainer builds its Adams through
-``dali_dist.precision.make_adam``, fused on CPU and CUDA: this is the measurement behind that
-choice. Checks on the way that the two kernels move the weights to the same values (to float
-rounding). Writes JSON.
+each in turn, so machine noise (this CPU is shared) hits both alike; the table gives the
+median per step. The trainer builds its Adams through ``dali_dist.precision.make_adam``, fused
+on CPU and CUDA: this is the measurement behind that choice. Checks on the way that the two
+kernels move the weights to the same values (to float rounding). Writes JSON.
 """
 
 from __future__ import annotations
