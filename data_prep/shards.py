@@ -292,20 +292,8 @@ def _check_ownership(out: Path, plan: dict, force: bool) -> None:
 def build(source: Source, out, *, shard_size: int, workers: int = 1, encoding: str = "png",
           force: bool = False, max_corrupt: int = 100, progress: bool = True) -> dict:
     """Write the shards and manifest for ``source`` into ``out``; return the manifest."""
-    from tqdm import tqdm
-
     out = Path(out)
-    if shard_size < 1:
-        raise UserError(f"--shard-size must be >= 1, got {shard_size}")
-    if workers < 1:
-        raise UserError(f"--workers must be >= 1, got {workers}")
-    if source.kind == "image" and encoding not in ENCODINGS:
-        raise UserError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
-    if source.kind == "points":
-        encoding = "npy"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"{out}: exists and is not a directory")
-
+    encoding = _checked_options(source, out, shard_size, workers, encoding)
     src_info = source.source_info()
     options = {"shard_size": shard_size, "encoding": encoding, **source.options()}
     fingerprint = sha256_json({"format_version": FORMAT_VERSION, "tool_version": __version__, "dataset": source.dataset,
@@ -317,7 +305,42 @@ def build(source: Source, out, *, shard_size: int, workers: int = 1, encoding: s
     keep = {p for p in foreign_entries(out, plan) if str(p.relative_to(out)) not in planned}
     out.mkdir(parents=True, exist_ok=True)
 
-    # What is already there.
+    old_manifest = _clear_previous(out, plan, fingerprint, keep, force)
+    state, jobs = _plan_jobs(out, plan, fingerprint, old_manifest, encoding)
+    _drop_stale(out, plan, planned, keep, jobs)
+    # The state file marks the folder as prep's before any shard lands, so that shards left by a
+    # killed run are recognised as its own by the next one.
+    write_json_atomic(out / STATE_NAME, state)
+    _write_shards(source, out, state, jobs, workers=workers, max_corrupt=max_corrupt, progress=progress,
+                  source_path=src_info["path"])
+
+    # Every shard is there: the manifest, written last.
+    manifest = _manifest(source, plan, state, encoding=encoding, src_info=src_info, options=options,
+                         fingerprint=fingerprint)
+    check_manifest(manifest, str(out / MANIFEST_NAME))
+    write_json_atomic(out / MANIFEST_NAME, manifest)
+    (out / STATE_NAME).unlink(missing_ok=True)
+    if progress:
+        _report(out, source, manifest, written=len(jobs))
+    return manifest
+
+
+def _checked_options(source: Source, out: Path, shard_size: int, workers: int, encoding: str) -> str:
+    """One error line for an option that cannot be; the encoding the source is written with."""
+    if shard_size < 1:
+        raise UserError(f"--shard-size must be >= 1, got {shard_size}")
+    if workers < 1:
+        raise UserError(f"--workers must be >= 1, got {workers}")
+    if source.kind == "image" and encoding not in ENCODINGS:
+        raise UserError(f"--encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: exists and is not a directory")
+    return "npy" if source.kind == "points" else encoding
+
+
+def _clear_previous(out: Path, plan: dict, fingerprint: str, keep: set, force: bool) -> Optional[dict]:
+    """Refuse a finished folder of other options (unless ``force``, which deletes prep's own
+    files); remove temporaries of crashed runs. Returns the manifest found there, if prep's."""
     old_manifest = _ours_json(out / MANIFEST_NAME)
     if old_manifest is not None and old_manifest.get("fingerprint") != fingerprint and not force:
         raise UserError(f"{out}: holds shards prepared from another source or other options "
@@ -327,10 +350,14 @@ def build(source: Source, out, *, shard_size: int, workers: int = 1, encoding: s
             if p not in keep:
                 p.unlink()
     for p in _owned_files(out, plan):  # leftovers of crashed runs
-        if p in keep:
-            continue
-        if p.name.startswith(".") and ".tmp." in p.name:
+        if p not in keep and p.name.startswith(".") and ".tmp." in p.name:
             p.unlink()
+    return old_manifest
+
+
+def _plan_jobs(out: Path, plan: dict, fingerprint: str, old_manifest: Optional[dict], encoding: str):
+    """(state, jobs): the shards of an earlier run of the same fingerprint whose bytes still
+    match their recorded size and sha256 are kept in ``state``; every other shard is a job."""
     done: dict[str, dict] = {}
     for prev in (old_manifest, _load_json(out / STATE_NAME)):
         if prev and prev.get("fingerprint") == fingerprint:
@@ -350,17 +377,25 @@ def build(source: Source, out, *, shard_size: int, workers: int = 1, encoding: s
                 state["shards"][name] = prev
             else:
                 jobs.append((split, name, items, str(p), encoding))
-    # Shards from an earlier, larger plan are stale.
+    return state, jobs
+
+
+def _drop_stale(out: Path, plan: dict, planned: set, keep: set, jobs: list) -> None:
+    """Delete prep's shards that this plan no longer has (an earlier, larger plan), and the
+    manifest while shards remain to be written (it is written last, only when all are there)."""
     for p in _owned_files(out, plan):
         rel = f"{p.parent.name}/{p.name}"
         if p.name.startswith("shard-") and rel not in planned and p not in keep:
             p.unlink()
     if (out / MANIFEST_NAME).exists() and jobs:
-        (out / MANIFEST_NAME).unlink()  # the manifest is written last, only when all shards are there
+        (out / MANIFEST_NAME).unlink()
 
-    # The state file marks the folder as prep's before any shard lands, so that shards left by a
-    # killed run are recognised as its own by the next one.
-    write_json_atomic(out / STATE_NAME, state)
+
+def _write_shards(source: Source, out: Path, state: dict, jobs: list, *, workers: int, max_corrupt: int,
+                  progress: bool, source_path: str) -> None:
+    """Run the jobs (in ``workers`` processes), recording each finished shard in the state file;
+    stop once more than ``max_corrupt`` inputs were skipped."""
+    from tqdm import tqdm
 
     todo = sum(source.item_count(j[0], it) for j in jobs for it in j[2])
     unit = "pt" if source.kind == "points" else "img"
@@ -376,7 +411,7 @@ def build(source: Source, out, *, shard_size: int, workers: int = 1, encoding: s
         n_bad += len(entry["bad"])
         if n_bad > max_corrupt:
             first = [k for e in state["shards"].values() for k in e.get("bad", [])][:3]
-            raise UserError(f"{src_info['path']}: {n_bad} corrupt or missing images (more than --max-corrupt "
+            raise UserError(f"{source_path}: {n_bad} corrupt or missing images (more than --max-corrupt "
                             f"{max_corrupt}), e.g. {', '.join(first)}")
 
     try:
@@ -401,7 +436,10 @@ def build(source: Source, out, *, shard_size: int, workers: int = 1, encoding: s
     finally:
         bar.close()
 
-    # Every shard is there: the manifest, written last.
+
+def _manifest(source: Source, plan: dict, state: dict, *, encoding: str, src_info: dict, options: dict,
+              fingerprint: str) -> dict:
+    """The manifest of a finished build: per split its count and shards (with what each skipped)."""
     splits = {}
     skipped = []
     for split, shards in plan.items():
@@ -410,24 +448,23 @@ def build(source: Source, out, *, shard_size: int, workers: int = 1, encoding: s
         splits[split] = {"count": sum(e["count"] for e in entries),
                          "shards": [{**{k: e[k] for k in ("name", "count", "sha256", "size")},
                                      **({"skipped": e["bad"]} if e.get("bad") else {})} for e in entries]}
-    manifest = {
+    return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "tool_version": __version__,
         "dataset": source.dataset, "kind": source.kind, "resolution": source.resolution,
         "channels": source.channels, "encoding": encoding, "num_classes": source.num_classes,
         "splits": splits, "source": src_info, "options": options, "fingerprint": fingerprint,
         "skipped": {"count": len(skipped), "keys": skipped[:1000]},
     }
-    check_manifest(manifest, str(out / MANIFEST_NAME))
-    write_json_atomic(out / MANIFEST_NAME, manifest)
-    (out / STATE_NAME).unlink(missing_ok=True)
-    if progress:
-        counts = ", ".join(f"{s} {v['count']}" for s, v in splits.items())
-        msg = f"{out}: {source.dataset} {counts} in {sum(len(v['shards']) for v in splits.values())} shards"
-        msg += f" ({len(jobs)} written, {sum(len(v['shards']) for v in splits.values()) - len(jobs)} kept)"
-        if skipped:
-            msg += f"; skipped {len(skipped)} corrupt or missing input(s)"
-        print(msg, file=sys.stderr)
-    return manifest
+
+
+def _report(out: Path, source: Source, manifest: dict, written: int) -> None:
+    splits = manifest["splits"]
+    shards = sum(len(v["shards"]) for v in splits.values())
+    counts = ", ".join(f"{s} {v['count']}" for s, v in splits.items())
+    msg = f"{out}: {source.dataset} {counts} in {shards} shards ({written} written, {shards - written} kept)"
+    if manifest["skipped"]["count"]:
+        msg += f"; skipped {manifest['skipped']['count']} corrupt or missing input(s)"
+    print(msg, file=sys.stderr)
 
 
 def _load_json(path: Path) -> Optional[dict]:
