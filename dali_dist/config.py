@@ -263,6 +263,17 @@ _NON_NEGATIVE_INT = {"model.lambda_e_ramp_steps", "train.export_bn_batches", "tr
 
 
 def validate(cfg: Config) -> None:
+    """Every rule a resolved config must meet (after presets and overrides); the first rule
+    broken is one `config:` error line naming the field."""
+    _check_ranges(cfg)
+    _check_combinations(cfg)
+    _check_networks(cfg)
+    _check_data(cfg)
+    _check_network_size(cfg)
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Numbers on their own: signs, [0, 1) rates, and upper limits on sizes."""
     for dotted in _POSITIVE_INT:
         if _get(cfg, dotted) <= 0:
             raise UserError(f"config: {dotted} must be a positive integer, got {_get(cfg, dotted)}")
@@ -278,6 +289,13 @@ def validate(cfg: Config) -> None:
             raise UserError(f"config: {dotted} must be in [0, 1), got {v}")
     if not cfg.train.checkpoint_kimg >= 0:
         raise UserError(f"config: train.checkpoint_kimg must be >= 0, got {cfg.train.checkpoint_kimg}")
+    for dotted, limit in _UPPER_LIMITS.items():
+        if _get(cfg, dotted) > limit:
+            raise UserError(f"config: {dotted} must be at most {limit:,}, got {_get(cfg, dotted):,}")
+
+
+def _check_combinations(cfg: Config) -> None:
+    """Settings that are valid alone but not together (strategy, variant, update order)."""
     if cfg.train.strategy != "ddp":
         if cfg.train.mixed_precision == "fp16":
             raise UserError(f"config: train.strategy={cfg.train.strategy} runs bf16 or fp32 only (DeepSpeed's fp16 "
@@ -303,17 +321,16 @@ def validate(cfg: Config) -> None:
         raise UserError("config: train.update_order=simultaneous takes train.d_steps=1")
     if not cfg.model.logvar_min < cfg.model.logvar_max:
         raise UserError("config: model.logvar_min must be below model.logvar_max")
+
+
+def _check_networks(cfg: Config) -> None:
+    """Layer widths, the LeakyReLU slope, and image-network fields left alone for the MLP family."""
     for dotted in ("model.g_hidden", "model.d_hidden", "model.e_hidden"):
         widths = _get(cfg, dotted)
         if (not widths and dotted != "model.e_hidden") or any(w <= 0 for w in widths):
             raise UserError(f"config: {dotted} must be a non-empty list of positive widths, got {widths}")
-
-    for dotted, limit in _UPPER_LIMITS.items():
-        if _get(cfg, dotted) > limit:
-            raise UserError(f"config: {dotted} must be at most {limit:,}, got {_get(cfg, dotted):,}")
-    for dotted in ("model.g_hidden", "model.d_hidden", "model.e_hidden"):
-        if any(w > MAX_WIDTH for w in _get(cfg, dotted)):
-            raise UserError(f"config: {dotted} widths must be at most {MAX_WIDTH}, got {_get(cfg, dotted)}")
+        if any(w > MAX_WIDTH for w in widths):
+            raise UserError(f"config: {dotted} widths must be at most {MAX_WIDTH}, got {widths}")
     for dotted in _WIDTHS:
         v = _get(cfg, dotted)
         if v is not None and not 1 <= v <= MAX_WIDTH:
@@ -329,6 +346,9 @@ def validate(cfg: Config) -> None:
             raise UserError(f"config: {', '.join(changed)} apply to image networks (model.family=dcgan), "
                             "not to model.family=mlp")
 
+
+def _check_data(cfg: Config) -> None:
+    """The dataset against the network family, image resolution and channels, and the schedule."""
     is_2d = cfg.data.dataset == "grid2d"
     if is_2d and cfg.model.family != "mlp":
         raise UserError("config: data.dataset=grid2d needs model.family=mlp")
@@ -353,7 +373,6 @@ def validate(cfg: Config) -> None:
         raise UserError(
             f"config: optim.warmup_steps ({cfg.optim.warmup_steps}) must be below train.steps ({cfg.train.steps})"
         )
-    _check_network_size(cfg)
 
 
 def _check_network_size(cfg: Config) -> None:
