@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -93,32 +93,46 @@ def describe(source, split: str = "train", on_corrupt: str = "error") -> Dataset
         if on_corrupt != "skip":
             raise UserError(msg)
         unreadable.append((u, msg))
+        urls.remove(u)
 
-    # A local pattern over shards that a manifest describes (DIR/<split>/shard-*.tar) borrows
-    # the manifest's counts and shape, so no counting pass is needed.
     if all(is_local(u) for u in urls):
         for u in list(urls):
             if not Path(local_path(u)).is_file():
                 drop(u, f"{u}: no such shard")
-                urls.remove(u)
         if not urls:
             raise UserError(f"{src}: none of the shards exists")
-        root = Path(local_path(urls[0])).resolve().parent.parent
-        if (root / MANIFEST_NAME).is_file():
-            info = _from_manifest(root)
-            known = {str(Path(u).resolve()): (c, h, z) for s in info.shards for u, c, h, z in
-                     zip(info.shards[s], info.shard_counts[s], info.shard_sha256[s], info.shard_sizes[s])}
-            hits = [known.get(str(Path(local_path(u)).resolve())) for u in urls]
-            if all(hits):
-                counts = [c for c, _, _ in hits]
-                return DatasetInfo(
-                    dataset=info.dataset, resolution=info.resolution, channels=info.channels,
-                    splits={split: sum(counts)}, encoding=info.encoding, shards={split: urls},
-                    manifest_sha256=info.manifest_sha256, kind=info.kind, shard_counts={split: counts},
-                    num_classes=info.num_classes, root=info.root, shard_sha256={split: [h for _, h, _ in hits]},
-                    shard_sizes={split: [z for _, _, z in hits]}, unreadable=unreadable,
-                )
-    # A bare pattern: look at the first readable sample for the shape, count every shard once.
+        info = _listed_in_manifest(urls, split)
+        if info is not None:
+            return replace(info, unreadable=unreadable)
+    return _count_pattern(src, urls, split, drop, lenient=on_corrupt == "skip", unreadable=unreadable)
+
+
+def _listed_in_manifest(urls: list, split: str) -> Optional[DatasetInfo]:
+    """A local pattern over shards that a manifest describes (DIR/<split>/shard-*.tar) borrows
+    the manifest's counts and shape, so no counting pass is needed; None where any shard of
+    the pattern is not in the manifest."""
+    root = Path(local_path(urls[0])).resolve().parent.parent
+    if not (root / MANIFEST_NAME).is_file():
+        return None
+    info = _from_manifest(root)
+    known = {str(Path(u).resolve()): (c, h, z) for s in info.shards for u, c, h, z in
+             zip(info.shards[s], info.shard_counts[s], info.shard_sha256[s], info.shard_sizes[s])}
+    hits = [known.get(str(Path(local_path(u)).resolve())) for u in urls]
+    if not all(hits):
+        return None
+    counts = [c for c, _, _ in hits]
+    return DatasetInfo(
+        dataset=info.dataset, resolution=info.resolution, channels=info.channels,
+        splits={split: sum(counts)}, encoding=info.encoding, shards={split: urls},
+        manifest_sha256=info.manifest_sha256, kind=info.kind, shard_counts={split: counts},
+        num_classes=info.num_classes, root=info.root, shard_sha256={split: [h for _, h, _ in hits]},
+        shard_sizes={split: [z for _, _, z in hits]},
+    )
+
+
+def _count_pattern(src: str, urls: list, split: str, drop, *, lenient: bool, unreadable: list) -> DatasetInfo:
+    """A bare pattern: the first readable sample gives the shape; every shard is counted once.
+    ``drop(url, message)`` raises, or records the shard as unreadable and removes it from ``urls``."""
     probed = None
     for u in list(urls):
         try:
@@ -126,7 +140,6 @@ def describe(source, split: str = "train", on_corrupt: str = "error") -> Dataset
             break
         except UserError as exc:
             drop(u, str(exc))
-            urls.remove(u)
     if probed is None:
         raise UserError(f"{src}: no shard of the pattern is readable")
     kind, encoding, res, ch = probed
@@ -134,10 +147,9 @@ def describe(source, split: str = "train", on_corrupt: str = "error") -> Dataset
     counts = []
     for u in list(urls):
         try:
-            counts.append(sum(1 for _ in read_records(u, kind, lenient=on_corrupt == "skip")))
+            counts.append(sum(1 for _ in read_records(u, kind, lenient=lenient)))
         except UserError as exc:
             drop(u, str(exc))
-            urls.remove(u)
     return DatasetInfo(
         dataset="unknown", resolution=res, channels=ch, splits={split: sum(counts)}, encoding=encoding,
         shards={split: urls}, manifest_sha256=None, kind=kind, shard_counts={split: counts},
