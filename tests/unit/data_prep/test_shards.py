@@ -118,6 +118,31 @@ def test_corrupt_threshold(tmp_path):
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
+def test_closing_line_counts_written_kept_and_skipped(tmp_path, capsys):
+    """The line prep ends with: samples per split, shards written by this run against shards
+    an earlier run left that still match, and the inputs skipped as corrupt."""
+    imgs = A.celeba_images(5)
+    imgs["000002.jpg"] = b"garbage"
+    src = A.make_celeba(tmp_path / "dl", imgs)
+    from data_prep.celeba import CelebASource
+
+    out = tmp_path / "out"
+    build(CelebASource(src, progress=False), out, shard_size=2, max_corrupt=1, progress=True)
+    first = capsys.readouterr().err.strip().splitlines()[-1]
+    m = json.loads((out / "manifest.json").read_text())
+    n = sum(len(v["shards"]) for v in m["splits"].values())
+    counts = {s: v["count"] for s, v in m["splits"].items()}
+    assert counts == {"train": 2, "valid": 1, "test": 1} and n == 4  # 5 images, one corrupt
+    assert first == (f"{out}: celeba train 2, valid 1, test 1 in 4 shards (4 written, 0 kept); "
+                     "skipped 1 corrupt or missing input(s)")
+    (out / "valid" / "shard-000000.tar").unlink()  # one shard lost: only it is rewritten
+    build(CelebASource(src, progress=False), out, shard_size=2, max_corrupt=1, progress=True)
+    assert capsys.readouterr().err.strip().splitlines()[-1].endswith(
+        "(1 written, 3 kept); skipped 1 corrupt or missing input(s)")
+    build(CelebASource(src, progress=False), out, shard_size=2, max_corrupt=1, progress=True)
+    assert "(0 written, 4 kept)" in capsys.readouterr().err
+
+
 def test_prep_app_commands():
     from typer.testing import CliRunner
 
