@@ -272,21 +272,22 @@ def foreign_entries(out: Path, splits) -> list[Path]:
     return foreign
 
 
-def _check_ownership(out: Path, plan: dict, force: bool) -> None:
+def _check_ownership(out: Path, plan: dict, planned: set, force: bool) -> list[Path]:
+    """The entries of ``out`` prep did not write; an error unless ``force``."""
     foreign = foreign_entries(out, plan)
     if not foreign:
-        return
+        return foreign
     shown = ", ".join(str(p.relative_to(out)) for p in foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
     if not force:
         raise UserError(f"{out}: holds files prep did not write ({shown}); choose an empty or new --out, "
                         "or pass --force to write beside them")
-    planned = {n for shards in plan.values() for n, _ in shards} | {MANIFEST_NAME}
-    replaced = [p for p in foreign if str(p.relative_to(out)) in planned]
+    replaced = [p for p in foreign if str(p.relative_to(out)) in planned | {MANIFEST_NAME}]
     kept = len(foreign) - len(replaced)
     what = (f"replacing {', '.join(str(p.relative_to(out)) for p in replaced)}" if replaced
             else "replacing none of them")
     print(f"prep: --force: {out} holds files prep did not write; {what}; {kept} other file(s) left as they are",
           file=sys.stderr)
+    return foreign
 
 
 def build(source: Source, out, *, shard_size: int, workers: int = 1, encoding: str = "png",
@@ -299,10 +300,10 @@ def build(source: Source, out, *, shard_size: int, workers: int = 1, encoding: s
     fingerprint = sha256_json({"format_version": FORMAT_VERSION, "tool_version": __version__, "dataset": source.dataset,
                                "source_sha256": src_info["sha256"], "options": options})
     plan = plan_shards(source, shard_size)
-    _check_ownership(out, plan, force)
     planned = {n for shards in plan.values() for n, _ in shards}
+    foreign = _check_ownership(out, plan, planned, force)
     # a foreign file is deleted only where a shard of this plan replaces it anyway (--force)
-    keep = {p for p in foreign_entries(out, plan) if str(p.relative_to(out)) not in planned}
+    keep = {p for p in foreign if str(p.relative_to(out)) not in planned}
     out.mkdir(parents=True, exist_ok=True)
 
     old_manifest = _clear_previous(out, plan, fingerprint, keep, force)
@@ -321,7 +322,7 @@ def build(source: Source, out, *, shard_size: int, workers: int = 1, encoding: s
     write_json_atomic(out / MANIFEST_NAME, manifest)
     (out / STATE_NAME).unlink(missing_ok=True)
     if progress:
-        _report(out, source, manifest, written=len(jobs))
+        _report(out, manifest, written=len(jobs))
     return manifest
 
 
@@ -457,11 +458,12 @@ def _manifest(source: Source, plan: dict, state: dict, *, encoding: str, src_inf
     }
 
 
-def _report(out: Path, source: Source, manifest: dict, written: int) -> None:
+def _report(out: Path, manifest: dict, written: int) -> None:
+    """prep's closing line: samples per split, shards written and kept, inputs skipped."""
     splits = manifest["splits"]
     shards = sum(len(v["shards"]) for v in splits.values())
     counts = ", ".join(f"{s} {v['count']}" for s, v in splits.items())
-    msg = f"{out}: {source.dataset} {counts} in {shards} shards ({written} written, {shards - written} kept)"
+    msg = f"{out}: {manifest['dataset']} {counts} in {shards} shards ({written} written, {shards - written} kept)"
     if manifest["skipped"]["count"]:
         msg += f"; skipped {manifest['skipped']['count']} corrupt or missing input(s)"
     print(msg, file=sys.stderr)
