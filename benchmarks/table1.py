@@ -126,6 +126,10 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4g} ± {statistics.stdev(values):.2g}"
 
 
+SEED_STYLES = ("-", "--", ":", "-.")
+VARIANT_COLORS = {"dali": "tab:blue", "dali-l2": "tab:cyan", "gan": "tab:orange", "ali": "tab:red"}
+
+
 def draw_curve(curves: dict, out: Path, steps_per_epoch: int, mse_curves: dict | None = None) -> None:
     """fid_classifier against step per variant and seed; beside it, where runs recorded it,
     the test-set reconstruction MSE against step."""
@@ -139,17 +143,54 @@ def draw_curve(curves: dict, out: Path, steps_per_epoch: int, mse_curves: dict |
     if mse_curves:
         panels.append((mse_curves, "reconstruction MSE on the test split", "reconstruction error", False))
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), dpi=120, squeeze=False)
-    colors = {"dali": "tab:blue", "dali-l2": "tab:cyan", "gan": "tab:orange", "ali": "tab:red"}
+    colors = VARIANT_COLORS
     for ax, (series, ylabel, title, log) in zip(axes[0], panels):
         for (variant, seed), points in sorted(series.items()):
             xs, ys = zip(*sorted(points))
             ax.plot(xs, ys, marker="o", color=colors.get(variant), alpha=0.9 if seed == 0 else 0.5,
-                    linestyle="-" if seed == 0 else "--", label=f"{variant} (seed {seed})")
+                    linestyle=SEED_STYLES[seed % len(SEED_STYLES)], label=f"{variant} (seed {seed})")
         ax.set_xlabel(f"training step (batch 100; {steps_per_epoch} steps = 1 epoch)")
         ax.set_ylabel(ylabel)
         if log:
             ax.set_yscale("log")
         ax.set_title(f"Fashion-MNIST: {title} during training")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def draw_seed_bands(curves: dict, out: Path, steps_per_epoch: int, mse_curves: dict | None = None) -> None:
+    """Like draw_curve, one line per variant: the mean over seeds at each step, with a band from
+    the best to the worst seed. With several seeds this reads better than a line per seed, and
+    shows how far one checkpoint of one seed can stray from the others."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(curves, "fid_classifier (lower is better)", True)]
+    if mse_curves:
+        panels.append((mse_curves, "reconstruction MSE on the test split", False))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), dpi=120, squeeze=False)
+    for ax, (series, ylabel, log) in zip(axes[0], panels):
+        by_variant: dict = {}
+        for (variant, seed), points in series.items():
+            for step, value in points:
+                by_variant.setdefault(variant, {}).setdefault(step, []).append(value)
+        for variant, steps in sorted(by_variant.items()):
+            xs = sorted(steps)
+            seeds = max(len(steps[x]) for x in xs)
+            means = [sum(steps[x]) / len(steps[x]) for x in xs]
+            ax.plot(xs, means, marker="o", color=VARIANT_COLORS.get(variant), label=f"{variant} (mean of {seeds} seeds)")
+            ax.fill_between(xs, [min(steps[x]) for x in xs], [max(steps[x]) for x in xs],
+                            color=VARIANT_COLORS.get(variant), alpha=0.15, linewidth=0)
+        ax.set_xlabel(f"training step (batch 100; {steps_per_epoch} steps = 1 epoch)")
+        ax.set_ylabel(ylabel)
+        if log:
+            ax.set_yscale("log")
+        ax.set_title("Fashion-MNIST: mean over seeds, band from best to worst seed", fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
