@@ -130,30 +130,26 @@ SEED_STYLES = ("-", "--", ":", "-.")
 VARIANT_COLORS = {"dali": "tab:blue", "dali-l2": "tab:cyan", "gan": "tab:orange", "ali": "tab:red"}
 
 
-def draw_curve(curves: dict, out: Path, steps_per_epoch: int, mse_curves: dict | None = None) -> None:
-    """fid_classifier against step per variant and seed; beside it, where runs recorded it,
-    the test-set reconstruction MSE against step."""
+def _draw_panels(curves: dict, mse_curves: dict | None, out: Path, steps_per_epoch: int, titles: tuple, plot) -> None:
+    """The frame both curve figures share: fid_classifier on a log axis and, where runs recorded
+    it, the test-set reconstruction MSE beside it; ``plot(ax, series)`` draws the lines."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     mse_curves = {k: v for k, v in (mse_curves or {}).items() if v}
-    panels = [(curves, "fid_classifier (lower is better)", "FID in the classifier's feature space", True)]
+    panels = [(curves, "fid_classifier (lower is better)", titles[0], True)]
     if mse_curves:
-        panels.append((mse_curves, "reconstruction MSE on the test split", "reconstruction error", False))
+        panels.append((mse_curves, "reconstruction MSE on the test split", titles[1], False))
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), dpi=120, squeeze=False)
-    colors = VARIANT_COLORS
     for ax, (series, ylabel, title, log) in zip(axes[0], panels):
-        for (variant, seed), points in sorted(series.items()):
-            xs, ys = zip(*sorted(points))
-            ax.plot(xs, ys, marker="o", color=colors.get(variant), alpha=0.9 if seed == 0 else 0.5,
-                    linestyle=SEED_STYLES[seed % len(SEED_STYLES)], label=f"{variant} (seed {seed})")
+        plot(ax, series)
         ax.set_xlabel(f"training step (batch 100; {steps_per_epoch} steps = 1 epoch)")
         ax.set_ylabel(ylabel)
         if log:
             ax.set_yscale("log")
-        ax.set_title(f"Fashion-MNIST: {title} during training")
+        ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
@@ -161,20 +157,25 @@ def draw_curve(curves: dict, out: Path, steps_per_epoch: int, mse_curves: dict |
     plt.close(fig)
 
 
+def draw_curve(curves: dict, out: Path, steps_per_epoch: int, mse_curves: dict | None = None) -> None:
+    """fid_classifier against step per variant and seed; beside it, where runs recorded it,
+    the test-set reconstruction MSE against step."""
+    def plot(ax, series):
+        for (variant, seed), points in sorted(series.items()):
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, marker="o", color=VARIANT_COLORS.get(variant), alpha=0.9 if seed == 0 else 0.5,
+                    linestyle=SEED_STYLES[seed % len(SEED_STYLES)], label=f"{variant} (seed {seed})")
+
+    _draw_panels(curves, mse_curves, out, steps_per_epoch, plot=plot,
+                 titles=("Fashion-MNIST: FID in the classifier's feature space during training",
+                         "Fashion-MNIST: reconstruction error during training"))
+
+
 def draw_seed_bands(curves: dict, out: Path, steps_per_epoch: int, mse_curves: dict | None = None) -> None:
     """Like draw_curve, one line per variant: the mean over seeds at each step, with a band from
     the best to the worst seed. With several seeds this reads better than a line per seed, and
     shows how far one checkpoint of one seed can stray from the others."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    panels = [(curves, "fid_classifier (lower is better)", True)]
-    if mse_curves:
-        panels.append((mse_curves, "reconstruction MSE on the test split", False))
-    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), dpi=120, squeeze=False)
-    for ax, (series, ylabel, log) in zip(axes[0], panels):
+    def plot(ax, series):
         by_variant: dict = {}
         for (variant, seed), points in series.items():
             for step, value in points:
@@ -182,20 +183,13 @@ def draw_seed_bands(curves: dict, out: Path, steps_per_epoch: int, mse_curves: d
         for variant, steps in sorted(by_variant.items()):
             xs = sorted(steps)
             seeds = max(len(steps[x]) for x in xs)
-            means = [sum(steps[x]) / len(steps[x]) for x in xs]
-            ax.plot(xs, means, marker="o", color=VARIANT_COLORS.get(variant), label=f"{variant} (mean of {seeds} seeds)")
+            ax.plot(xs, [sum(steps[x]) / len(steps[x]) for x in xs], marker="o", color=VARIANT_COLORS.get(variant),
+                    label=f"{variant} (mean of {seeds} seeds)")
             ax.fill_between(xs, [min(steps[x]) for x in xs], [max(steps[x]) for x in xs],
                             color=VARIANT_COLORS.get(variant), alpha=0.15, linewidth=0)
-        ax.set_xlabel(f"training step (batch 100; {steps_per_epoch} steps = 1 epoch)")
-        ax.set_ylabel(ylabel)
-        if log:
-            ax.set_yscale("log")
-        ax.set_title("Fashion-MNIST: mean over seeds, band from best to worst seed", fontsize=10)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+
+    title = "Fashion-MNIST: mean over seeds, band from best to worst seed"
+    _draw_panels(curves, mse_curves, out, steps_per_epoch, plot=plot, titles=(title, title))
 
 
 def draw_grids(runs: dict, steps: int, out: Path) -> None:
