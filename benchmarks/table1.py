@@ -20,7 +20,10 @@ changed, keeps a checkpoint every --curve-every steps, and logs to the MLflow st
 benchmark resumes, and --report-only redraws). Reference rows: real test images scored like
 generated ones (the ceiling for IS, the floor for fid/kid) and raw pixels for the probe and
 k-NN. Writes benchmarks/results/table1.json (per-seed numbers and the command; --out names it),
-table1_curve.png and table1_grids.png (named after --out). --include adds an earlier JSON's
+table1_curve.png, table1_grids.png and, with several seeds, table1_bands.png (mean over seeds
+with a best-to-worst band; all named after --out). Besides each metric at the last step, the
+table has every run's fid averaged over its last --late checkpoints (default 3): one checkpoint
+moves by up to 1 fid_classifier on its own. --include adds an earlier JSON's
 per-seed results for runs not on this machine (same --steps and --set only); the grids then
 show, and their file name lists, only the variants whose run directories are here.
 """
@@ -118,6 +121,13 @@ def include_results(path: Path, per_seed: dict, curves: dict, steps: int, overri
     return {"from_command": earlier.get("command"), "measured": earlier.get("measured"), "runs": added}
 
 
+def late_mean(curve: list[tuple[int, float]], last: int) -> float | None:
+    """The mean over a run's ``last`` latest checkpoints: one checkpoint of a GAN moves by up to
+    1 fid_classifier on its own, so orderings read from one checkpoint do not last."""
+    points = sorted(curve)[-last:]
+    return statistics.mean(v for _, v in points) if len(points) == last else None
+
+
 def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
@@ -130,8 +140,9 @@ SEED_STYLES = ("-", "--", ":", "-.")
 VARIANT_COLORS = {"dali": "tab:blue", "dali-l2": "tab:cyan", "gan": "tab:orange", "ali": "tab:red"}
 
 
-def _draw_panels(curves: dict, mse_curves: dict | None, out: Path, steps_per_epoch: int, titles: tuple, plot) -> None:
-    """The frame both curve figures share: fid_classifier on a log axis and, where runs recorded
+def _draw_panels(curves: dict, mse_curves: dict | None, out: Path, steps_per_epoch: int, titles: tuple, plot,
+                 fid_key: str = "fid_classifier") -> None:
+    """The frame both curve figures share: ``fid_key`` on a log axis and, where runs recorded
     it, the test-set reconstruction MSE beside it; ``plot(ax, series)`` draws the lines."""
     import matplotlib
 
@@ -139,7 +150,7 @@ def _draw_panels(curves: dict, mse_curves: dict | None, out: Path, steps_per_epo
     import matplotlib.pyplot as plt
 
     mse_curves = {k: v for k, v in (mse_curves or {}).items() if v}
-    panels = [(curves, "fid_classifier (lower is better)", titles[0], True)]
+    panels = [(curves, f"{fid_key} (lower is better)", titles[0], True)]
     if mse_curves:
         panels.append((mse_curves, "reconstruction MSE on the test split", titles[1], False))
     fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 4.5), dpi=120, squeeze=False)
@@ -157,21 +168,24 @@ def _draw_panels(curves: dict, mse_curves: dict | None, out: Path, steps_per_epo
     plt.close(fig)
 
 
-def draw_curve(curves: dict, out: Path, steps_per_epoch: int, mse_curves: dict | None = None) -> None:
-    """fid_classifier against step per variant and seed; beside it, where runs recorded it,
-    the test-set reconstruction MSE against step."""
+def draw_curve(curves: dict, out: Path, steps_per_epoch: int, mse_curves: dict | None = None,
+               dataset: str = "Fashion-MNIST", fid_key: str = "fid_classifier") -> None:
+    """fid against step per variant and seed; beside it, where runs recorded it, the test-set
+    reconstruction MSE against step."""
     def plot(ax, series):
         for (variant, seed), points in sorted(series.items()):
             xs, ys = zip(*sorted(points))
             ax.plot(xs, ys, marker="o", color=VARIANT_COLORS.get(variant), alpha=0.9 if seed == 0 else 0.5,
                     linestyle=SEED_STYLES[seed % len(SEED_STYLES)], label=f"{variant} (seed {seed})")
 
-    _draw_panels(curves, mse_curves, out, steps_per_epoch, plot=plot,
-                 titles=("Fashion-MNIST: FID in the classifier's feature space during training",
-                         "Fashion-MNIST: reconstruction error during training"))
+    space = "the classifier's" if fid_key == "fid_classifier" else "Inception's"
+    _draw_panels(curves, mse_curves, out, steps_per_epoch, plot=plot, fid_key=fid_key,
+                 titles=(f"{dataset}: FID in {space} feature space during training",
+                         f"{dataset}: reconstruction error during training"))
 
 
-def draw_seed_bands(curves: dict, out: Path, steps_per_epoch: int, mse_curves: dict | None = None) -> None:
+def draw_seed_bands(curves: dict, out: Path, steps_per_epoch: int, mse_curves: dict | None = None,
+                    dataset: str = "Fashion-MNIST", fid_key: str = "fid_classifier") -> None:
     """Like draw_curve, one line per variant: the mean over seeds at each step, with a band from
     the best to the worst seed. With several seeds this reads better than a line per seed, and
     shows how far one checkpoint of one seed can stray from the others."""
@@ -188,8 +202,8 @@ def draw_seed_bands(curves: dict, out: Path, steps_per_epoch: int, mse_curves: d
             ax.fill_between(xs, [min(steps[x]) for x in xs], [max(steps[x]) for x in xs],
                             color=VARIANT_COLORS.get(variant), alpha=0.15, linewidth=0)
 
-    title = "Fashion-MNIST: mean over seeds, band from best to worst seed"
-    _draw_panels(curves, mse_curves, out, steps_per_epoch, plot=plot, titles=(title, title))
+    title = f"{dataset}: mean over seeds, band from best to worst seed"
+    _draw_panels(curves, mse_curves, out, steps_per_epoch, plot=plot, titles=(title, title), fid_key=fid_key)
 
 
 def draw_grids(runs: dict, steps: int, out: Path) -> None:
@@ -236,6 +250,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--inception-weights", help="clean-fid's inception-2015-12-05.pt (cifar10)")
     ap.add_argument("--run-root", type=Path, default=REPO / "runs" / "bench-table1")
+    ap.add_argument("--late", type=int, default=3, help="also report each run's mean fid over its last LATE "
+                    "kept checkpoints (column fid_classifier_late / fid_late)")
     ap.add_argument("--report-only", action="store_true", help="evaluate and report finished runs; train nothing")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "table1.json")
     ap.add_argument("--include", type=Path, help="an earlier table1 JSON whose per-seed results (numbers and curves) "
@@ -295,6 +311,11 @@ def main() -> None:
                                                            if k in COLUMNS or k == "fid"}), flush=True)
 
     included = include_results(args.include, per_seed, curves, args.steps, args.overrides) if args.include else None
+    late_key = f"{fid_key}_late"
+    for (variant, seed), curve in curves.items():
+        late = late_mean(curve, args.late)
+        if late is not None:
+            per_seed[variant][str(seed)][late_key] = late
 
     # the reference rows depend on the data only: computed once per run root and shards
     from dali_dist.data import describe
@@ -311,7 +332,9 @@ def main() -> None:
         ref_cache.write_text(json.dumps({"data": key, "reference": reference}, indent=2))
 
     cols = COLUMNS if grey else ["mse", "cycle_mse", "latent_mse", "inception_score", "fid", "kid", "probe_accuracy", "knn_accuracy", "train_s"]
-    print(f"\n{args.dataset}, {args.steps} steps, seeds {args.seeds} (mean ± std over seeds)\n")
+    cols = [*cols[:cols.index(fid_key) + 1], late_key, *cols[cols.index(fid_key) + 1:]]
+    print(f"\n{args.dataset}, {args.steps} steps, seeds {args.seeds} (mean ± std over seeds; "
+          f"{late_key}: mean over each seed's last {args.late} checkpoints)\n")
     print("| variant | seeds | " + " | ".join(cols) + " | paper MSE | paper IS |")
     print("|---" * (len(cols) + 4) + "|")
     for v, seeds in per_seed.items():
@@ -335,8 +358,11 @@ def main() -> None:
     if curves:
         mse_curves = {(v, int(seed)): [(int(s), m) for s, m in r.get("curve_mse", {}).items()]
                       for v, seeds in per_seed.items() for seed, r in seeds.items()}
-        draw_curve(curves, args.out.with_name(f"{args.out.stem}_curve.png"), steps_per_epoch=600 if grey else 500,
-                   mse_curves=mse_curves)
+        figure = {"steps_per_epoch": 600 if grey else 500, "mse_curves": mse_curves,
+                  "dataset": "Fashion-MNIST" if grey else "CIFAR-10", "fid_key": fid_key}
+        draw_curve(curves, args.out.with_name(f"{args.out.stem}_curve.png"), **figure)
+        if len({seed for _, seed in curves}) > 1:  # a line per seed gets hard to read: mean and spread
+            draw_seed_bands(curves, args.out.with_name(f"{args.out.stem}_bands.png"), **figure)
     # grids need the run directories: included variants have none here, so the picture names
     # the variants it shows instead of passing for the whole table
     drawn = [v for v in per_seed if (args.run_root / f"seed-{args.seeds[0]}" / v).is_dir()]
@@ -345,7 +371,8 @@ def main() -> None:
                args.out.with_name(f"{args.out.stem}_grids{suffix}.png"))
     record = {
         "command": " ".join(["python", "benchmarks/table1.py", *sys.argv[1:]]), "dataset": args.dataset,
-        "steps": args.steps, "seeds": args.seeds, "overrides": args.overrides, "per_seed": per_seed,
+        "steps": args.steps, "seeds": args.seeds, "overrides": args.overrides, "late_checkpoints": args.late,
+        "per_seed": per_seed,
         "reference": reference, "measured": time.strftime("%Y-%m-%d")}
     if included:
         record["included"] = included
