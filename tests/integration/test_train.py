@@ -93,6 +93,23 @@ def test_export_holds_ema_weights_when_enabled(tmp_path, tiny_grid_cfg):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.parametrize("variant, e_averaged", [("dali", False), ("ali", True)])
+def test_export_averages_e_only_where_e_reads_x(tmp_path, tiny_grid_cfg, variant, e_averaged):
+    """DALI's E reads D's trunk, which is not averaged: its export keeps the live E. ALI's E
+    reads x: its export is the EMA copy, as G's is."""
+    cfg = tiny_grid_cfg("train.steps=10", "train.ema_beta=0.5", f"model.variant={variant}")
+    assert train(cfg, tmp_path) == 0
+    ck = tmp_path / "checkpoints/step-10"
+    assert (ck / "E_ema.safetensors").is_file() == e_averaged
+    live, export = load_file(ck / "E.safetensors"), load_file(ck / "export/E.safetensors")
+    assert live.keys() == export.keys()
+    assert all(torch.equal(live[k], export[k]) for k in live) == (not e_averaged)
+    if e_averaged:
+        ema = load_file(ck / "E_ema.safetensors")
+        assert all(torch.equal(ema[k], export[k]) for k in ema)
+
+
+@pytest.mark.timeout(120)
 def test_bf16_autocast_trains_on_cpu(tmp_path, tiny_grid_cfg):
     cfg = tiny_grid_cfg("train.steps=10", "train.mixed_precision=bf16")
     assert train(cfg, tmp_path) == 0
