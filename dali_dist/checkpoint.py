@@ -7,7 +7,7 @@ they are written under ``.tmp-step-<N>`` and renamed):
     G.safetensors D.safetensors E.safetensors [G_ema, E_ema]   training weights (E_ema: E reads x)
     optim_d.pt optim_ge.pt      optimizer state dicts (tensors only; loaded weights_only=True)
     export/                     what evaluation and inference need, nothing more:
-        G.safetensors D.safetensors [E.safetensors]  (EMA weights when EMA is on)
+        G.safetensors D.safetensors [E.safetensors]  (the EMA shadows where kept)
         config.yaml meta.json
 """
 
