@@ -4,10 +4,10 @@ Layout of ``RUN_DIR/checkpoints/step-<N>/`` (only complete checkpoints carry tha
 they are written under ``.tmp-step-<N>`` and renamed):
 
     train_state.json            step, batches consumed, wall time (JSON: nothing to unpickle)
-    G.safetensors D.safetensors E.safetensors [G_ema, E_ema]   training weights (E_ema: E reads x)
+    G.safetensors D.safetensors E.safetensors [G_ema]   training weights (E_ema: older runs)
     optim_d.pt optim_ge.pt      optimizer state dicts (tensors only; loaded weights_only=True)
     export/                     what evaluation and inference need, nothing more:
-        G.safetensors D.safetensors [E.safetensors]  (the EMA shadows where kept)
+        G.safetensors D.safetensors [E.safetensors]  (G's EMA shadow when EMA is on)
         config.yaml meta.json
 """
 

@@ -146,8 +146,8 @@ class TrainConfig:
     d_steps: int = 1
     """Discriminator updates per generator update."""
     ema_beta: float = 0.0
-    """Exponential moving average of G's weights used for export, and of E's where E reads x
-    (an E on D's trunk is exported live: D is not averaged); 0 disables."""
+    """Exponential moving average of G's weights used for export (E is exported live: an
+    averaged E reconstructs worse); 0 disables."""
     export_bn_batches: int = 100
     """Before export, re-estimate G's BatchNorm statistics as the average over this many prior
     batches of the per-process batch size (precise BN; 0 keeps the moving averages)."""
