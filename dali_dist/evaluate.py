@@ -713,6 +713,7 @@ def evaluate_command(
     else:
         path = checkpoint if checkpoint is not None else newest_checkpoint(run_dir)
         emit(evaluate_and_record(path, names, opts, ranks, track=track, force=force))
+    ranks.close()  # on success only: after an error the launcher takes the other ranks down
 
 
 def main() -> None:

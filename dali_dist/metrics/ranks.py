@@ -67,3 +67,16 @@ class Ranks:
             import torch.distributed as dist
 
             dist.barrier()
+
+    def close(self) -> None:
+        """Meet the other ranks, then tear the process group down explicitly.
+
+        Left to interpreter exit, gloo's threads were destroyed while still joinable now and
+        then ("terminate called without an active exception"), aborting a rank after all its
+        work was done and turning a finished evaluation into the launcher's exit 1.
+        """
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()

@@ -49,3 +49,16 @@ def test_single_process_collectives_are_identities():
     obj = {"a": [1, 2]}
     assert r.broadcast(obj) is obj
     r.barrier()  # no process group: returns at once
+
+
+def test_close_tears_down_an_initialised_process_group(tmp_path):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        Ranks("cpu").close()
+        assert not dist.is_initialized()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    Ranks("cpu").close()  # no process group: returns at once
