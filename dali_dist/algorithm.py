@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from .batchnorm import running_stats_untouched
 from .losses import adversarial_game, ali_d_loss, ali_ge_loss, encoder_loss, gradient_penalty
 from .precision import PhaseUpdate
 
@@ -61,6 +62,7 @@ class DaliStep:
         autocast: Callable[[], object] = nullcontext,
         updates: Optional[tuple[PhaseUpdate, PhaseUpdate]] = None,
         encoder_reads_image: bool = False,
+        g_through_sigma: bool = True,
     ):
         self.nets = nets
         self.variant = variant
@@ -68,6 +70,7 @@ class DaliStep:
         # dali: E reads D's trunk features h of G(z) (E never updates the trunk), or with
         # model.e_input=image G(z) itself; either way G gets E's gradient
         self.encoder_reads_image = encoder_reads_image
+        self.g_through_sigma = g_through_sigma or variant == "dali-l2"  # dali-l2 has no sigma
         self.update_order = update_order
         self.d_loss_fn, self.g_loss_fn = adversarial_game(variant, adversarial)
         self.gp_weight = gp_weight if adversarial == "wgan-gp" else 0.0
@@ -84,13 +87,34 @@ class DaliStep:
         E = self.nets.E
         if E is None:  # plain GAN: no inference network
             return torch.zeros((), device=z.device), {}
-        mu, logvar = E(x_fake if self.encoder_reads_image else h)
+        e_input = x_fake if self.encoder_reads_image else h
+        mu, logvar = E(e_input)
         mu, logvar = mu.float(), logvar.float()
-        loss = encoder_loss(z, mu, None if self.variant == "dali-l2" else logvar, self.lambda_e)
+        if self.g_through_sigma:
+            loss = encoder_loss(z, mu, None if self.variant == "dali-l2" else logvar, self.lambda_e)
+        else:
+            loss = self._encoder_loss_sigma_held(z, mu, logvar, e_input)
         stats = {"loss_e": loss.detach(), "z_mse": (z - mu.detach()).pow(2).mean()}
         if self.variant != "dali-l2":
             stats["sigma_mean"] = torch.exp(0.5 * logvar.detach()).mean()
         return loss, stats
+
+    def _encoder_loss_sigma_held(self, z, mu, logvar, e_input) -> torch.Tensor:
+        """Eq. 9 for model.g_through_sigma=false: the same value and the same gradient on E's
+        parameters, but G's gradient comes through mu alone, sigma^2(x) held constant.
+
+        E's variance head (and the layers it shares with the mean head) need log sigma^2's
+        gradient, which cannot be kept from G inside one graph: it reaches E's shared layer
+        and G through the same input. So E runs a second time on the detached input (same
+        values, running statistics not counted twice) and only that pass carries it.
+        """
+        held = encoder_loss(z, mu, logvar.detach(), self.lambda_e)
+        E = self.nets.E
+        plain = E.module if isinstance(E, nn.parallel.DistributedDataParallel) else E  # one DDP forward per step
+        with running_stats_untouched(plain):
+            _, logvar_e = plain(e_input.detach())
+        variance_part = encoder_loss(z, mu.detach(), logvar_e.float(), self.lambda_e)
+        return held + (variance_part - variance_part.detach())  # adds its gradient, not its value
 
     def _d_real_fake(self, x_real: torch.Tensor, x_fake: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """D on real and generated batches: one forward of both when D has no batch-dependent

@@ -12,6 +12,7 @@ population the generator will see (Wu & Johnson 2021, "Rethinking BatchNorm": Pr
 from __future__ import annotations
 
 import copy
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -80,3 +81,19 @@ def precise_bn_copy(G: nn.Module, latent_dim: int, *, batches: int, batch_size: 
     for bn in bns:
         bn.momentum = 0.1
     return out.eval()
+
+
+@contextmanager
+def running_stats_untouched(module: nn.Module):
+    """Inside, ``module``'s BatchNorm layers normalise as usual (batch statistics in training)
+    but never touch their running statistics: a second forward of the same batch must not
+    count it twice, and an in-place update (or restore) of those buffers would invalidate the
+    first forward's graph, which saved them for its backward."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    for m in bns:
+        m.track_running_stats = False  # in training: batch statistics, buffers left out of the call
+    try:
+        yield
+    finally:
+        for m in bns:
+            m.track_running_stats = True

@@ -101,6 +101,11 @@ class ModelConfig:
     trains; as ALI's encoder, which always reads x). BENCHMARKS.md compares the two."""
     lambda_e_ramp_steps: int = 0
     """Ramp the encoder weight linearly from 0 to lambda_e over this many steps (0: constant)."""
+    g_through_sigma: bool = True
+    """Whether G gets eq. 9's gradient through E's log sigma^2 (the paper: true). false holds
+    each image's sigma^2(x) constant for G, so G is pulled only through mu's error weighted by
+    1/sigma^2(x), while E still trains both heads on the full eq. 9 (an ablation, for variants
+    with a learned variance: dali, dali-f). BENCHMARKS.md says what it showed."""
     logvar_min: float = -10.0
     """Lower clamp of the encoder's log-variance, so 1/sigma^2 stays finite."""
     logvar_max: float = 6.0
@@ -320,6 +325,9 @@ def _check_combinations(cfg: Config) -> None:
         raise UserError(f"config: model.gp_weight must be >= 0, got {cfg.model.gp_weight}")
     if cfg.train.update_order == "simultaneous" and cfg.train.d_steps != 1:
         raise UserError("config: train.update_order=simultaneous takes train.d_steps=1")
+    if not cfg.model.g_through_sigma and cfg.model.variant not in ("dali", "dali-f"):
+        raise UserError(f"config: model.g_through_sigma=false needs a learned variance (variant dali or dali-f), "
+                        f"not variant={cfg.model.variant}")
     if not cfg.model.logvar_min < cfg.model.logvar_max:
         raise UserError("config: model.logvar_min must be below model.logvar_max")
 

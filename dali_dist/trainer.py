@@ -156,7 +156,7 @@ class Trainer:
             self.nets, variant=cfg.model.variant, lambda_e=cfg.lambda_e, update_order=cfg.train.update_order,
             adversarial=cfg.model.adversarial, gp_weight=cfg.model.gp_weight,
             autocast=autocast_factory(self.device, cfg), updates=self.updates,
-            encoder_reads_image=cfg.encoder_reads_image,
+            encoder_reads_image=cfg.encoder_reads_image, g_through_sigma=cfg.model.g_through_sigma,
         )
 
     def _open_data_and_upkeep(self) -> None:

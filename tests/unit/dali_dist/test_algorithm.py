@@ -13,7 +13,8 @@ from dali_dist.models import build_models
 LR = 0.05
 
 
-def make(variant="dali", order="alternating", seed=0, adversarial="gan", gp_weight=10.0, e_input="trunk"):
+def make(variant="dali", order="alternating", seed=0, adversarial="gan", gp_weight=10.0, e_input="trunk",
+         g_through_sigma=True):
     torch.manual_seed(seed)
     cfg = Config()
     cfg.model.variant = variant
@@ -26,7 +27,7 @@ def make(variant="dali", order="alternating", seed=0, adversarial="gan", gp_weig
     ge_params = list(G.parameters()) + (list(E.parameters()) if E is not None else [])
     nets = Networks(G, D, E, torch.optim.SGD(D.parameters(), lr=LR), torch.optim.SGD(ge_params, lr=LR))
     step = DaliStep(nets, variant=variant, lambda_e=1 / 3, update_order=order, adversarial=adversarial, gp_weight=gp_weight,
-                    encoder_reads_image=cfg.encoder_reads_image)
+                    encoder_reads_image=cfg.encoder_reads_image, g_through_sigma=g_through_sigma)
     return cfg, nets, step
 
 
@@ -64,6 +65,68 @@ def test_alternating_iteration_equals_reference(e_input):
     for mine, ref in ((nets.G, G), (nets.D, D), (nets.E, E)):
         for a, b in zip(mine.parameters(), ref.parameters()):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("e_input", ["trunk", "image"])
+@pytest.mark.parametrize("order", ["alternating", "simultaneous"])
+def test_sigma_held_for_G_gives_E_the_full_eq9_gradient_and_G_the_mu_path_only(order, e_input):
+    _, nets, step = make(order=order, e_input=e_input, g_through_sigma=False)
+    G, D, E = (copy.deepcopy(m) for m in (nets.G, nets.D, nets.E))
+    x, z_d, z_g = batch()
+    stats = step([x], [z_d, z_g] if order == "alternating" else [z_d])
+    z = z_g if order == "alternating" else z_d
+
+    # Reference: E's gradient from eq. 9 as it is; G's from eq. 9 with log sigma^2 a constant.
+    ld = d_loss_gan(D(x)[0], D(G(z_d).detach())[0])
+    gd = torch.autograd.grad(ld, list(D.parameters()))
+    if order == "alternating":
+        for p, g in zip(D.parameters(), gd):
+            p.data -= LR * g
+    x_fake = G(z)
+    logit, h = D(x_fake)
+    mu, logvar = E(h if e_input == "trunk" else x_fake)
+    full = encoder_loss(z, mu, logvar, 1 / 3)
+    g_grads = torch.autograd.grad(g_loss_gan(logit) + encoder_loss(z, mu, logvar.detach(), 1 / 3),
+                                  list(G.parameters()), retain_graph=True)
+    e_grads = torch.autograd.grad(full, list(E.parameters()))
+    if order == "simultaneous":
+        for p, g in zip(D.parameters(), gd):
+            p.data -= LR * g
+    for p, g in zip(list(G.parameters()) + list(E.parameters()), g_grads + e_grads):
+        p.data -= LR * g
+    for mine, ref in ((nets.G, G), (nets.D, D), (nets.E, E)):
+        for a, b in zip(mine.parameters(), ref.parameters()):
+            torch.testing.assert_close(a, b)
+    torch.testing.assert_close(stats["loss_e"], full.detach())  # the reported L_e is eq. 9's value
+
+    # ... and it is a different update of G from the paper's (E's is the same).
+    _, nets_paper, step_paper = make(order=order, e_input=e_input)
+    step_paper([x], [z_d, z_g] if order == "alternating" else [z_d])
+    assert not same(snap(nets_paper.G), snap(nets.G))
+    for a, b in zip(nets_paper.E.parameters(), nets.E.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_sigma_held_counts_the_encoders_batchnorm_statistics_once():
+    from dali_dist.config import load_config
+
+    def run(g_through_sigma):
+        torch.manual_seed(0)
+        cfg = load_config("mnist", ["model.width=8", "model.latent_dim=4", "model.g_fc_width=16",
+                                    "model.d_head_width=16", "model.e_head_width=8"], data="x")
+        G, D, E = build_models(cfg)
+        nets = Networks(G, D, E, torch.optim.SGD(D.parameters(), lr=LR),
+                        torch.optim.SGD(list(G.parameters()) + list(E.parameters()), lr=LR))
+        step = DaliStep(nets, variant="dali", lambda_e=0.25, update_order="alternating", g_through_sigma=g_through_sigma)
+        g = torch.Generator().manual_seed(1)
+        step([torch.rand(6, 1, 28, 28, generator=g) * 2 - 1], [torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g)])
+        return nets
+
+    held, paper = run(False), run(True)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in held.E.modules())  # conv-bn: E's shared layer has BN
+    for (k, a), b in zip(held.E.state_dict().items(), paper.E.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=k)  # E: same weights, same running statistics
+    assert not same(snap(held.G), snap(paper.G))
 
 
 def test_simultaneous_iteration_equals_reference():

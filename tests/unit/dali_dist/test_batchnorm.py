@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from dali_dist.batchnorm import has_batchnorm, precise_bn_copy
+from dali_dist.batchnorm import has_batchnorm, precise_bn_copy, running_stats_untouched
 from dali_dist.seeding import latent
 
 
@@ -25,3 +25,21 @@ def test_networks_without_batchnorm_are_copied_unchanged():
     assert not has_batchnorm(G)
     out = precise_bn_copy(G, 4, batches=5, batch_size=8, seed=0)
     assert out is not G and torch.equal(out[0].weight, G[0].weight)
+
+
+def test_running_stats_untouched_normalises_with_the_batch_but_restores_the_averages():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 4), nn.BatchNorm1d(4, momentum=None)).train()
+    x = torch.randn(16, 3) * 3 + 1
+    net(x)  # one counted batch
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    with running_stats_untouched(net):
+        inside = net(x)
+        assert all(torch.equal(v, before[k]) for k, v in net.state_dict().items())
+    assert all(m.track_running_stats for m in (net[1], net[3]))
+    torch.testing.assert_close(inside, net(x))  # the same output as an ordinary training forward...
+    assert not torch.equal(net[1].running_mean, before["1.running_mean"])  # ...which does update them
+    net.eval()
+    with running_stats_untouched(net):
+        torch.testing.assert_close(net[1](net[0](x)), (net[0](x) - net[1].running_mean) / (net[1].running_var + net[1].eps).sqrt()
+                                   * net[1].weight + net[1].bias)  # in eval: still the running statistics

@@ -138,6 +138,8 @@ def test_the_same_self_referencing_mapping_set_twice():
     ("model.d_head=resnet", "model.d_head must be one of conv, mlp"),
     ("optim.lr_e=0", "optim.lr_e must be > 0"),
     ("model.lambda_e_ramp_steps=-1", "model.lambda_e_ramp_steps must be >= 0"),
+    ("model.g_through_sigma=false --set model.variant=dali-l2", "model.g_through_sigma=false needs a learned variance"),
+    ("model.g_through_sigma=false --set model.variant=gan", "not variant=gan"),
 ])
 def test_bad_image_network_options_are_one_line_config_errors(override, message):
     with pytest.raises(UserError, match=re.escape(message)):
