@@ -44,6 +44,16 @@ def test_two_processes_train_agree_and_resume(tmp_path):
 
 
 @pytest.mark.timeout(300)
+def test_sigma_held_for_G_still_all_reduces_every_gradient(tmp_path):
+    """model.g_through_sigma=false gives E's variance head its gradient from a second, plain
+    (not DDP-wrapped) pass: that gradient must still be averaged over the ranks, or the
+    replicas compared at each checkpoint would differ and the run would fail."""
+    r = launch(tmp_path, "train.steps=20", "model.g_through_sigma=false", port=29567)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "checkpoints" / "step-20" / "train_state.json").is_file()
+
+
+@pytest.mark.timeout(300)
 def test_global_batch_must_divide_by_world_size(tmp_path):
     r = launch(tmp_path, "train.steps=5", "train.batch_size=63", port=29563)
     assert r.returncode != 0 and "must divide evenly by the 2 processes" in r.stderr
