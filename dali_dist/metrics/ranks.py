@@ -77,6 +77,6 @@ class Ranks:
         """
         import torch.distributed as dist
 
-        if dist.is_available() and dist.is_initialized():
+        if self.world > 1 and dist.is_initialized():  # only the group this object joined
             dist.barrier()
             dist.destroy_process_group()

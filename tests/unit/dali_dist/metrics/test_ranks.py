@@ -51,14 +51,15 @@ def test_single_process_collectives_are_identities():
     r.barrier()  # no process group: returns at once
 
 
-def test_close_tears_down_an_initialised_process_group(tmp_path):
+def test_close_tears_down_the_process_group_of_several_ranks_only(tmp_path):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
-        Ranks("cpu").close()
+        Ranks("cpu").close()  # one process: a group someone else set up is left alone
+        assert dist.is_initialized()
+        _as_rank(0, 2).close()  # as a rank of two: its own group, torn down
         assert not dist.is_initialized()
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    Ranks("cpu").close()  # no process group: returns at once
