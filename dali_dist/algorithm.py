@@ -31,9 +31,17 @@ class Networks:
     """How to call D in the G+E phase, if not as D: under DeepSpeed its plain module, so that
     G's backward through the frozen D never runs D's engine hooks (zero.py)."""
 
+    E_plain: Optional[nn.Module] = None
+    """E's plain module when E is wrapped (DDP): for a second forward in the same step, which
+    a DDP wrapper allows only once per backward."""
+
     @property
     def D_for_g(self) -> nn.Module:
         return self.D_frozen if self.D_frozen is not None else self.D
+
+    @property
+    def E_unwrapped(self) -> Optional[nn.Module]:
+        return self.E_plain if self.E_plain is not None else self.E
 
 
 def set_trainable(modules, flag: bool) -> None:
@@ -109,8 +117,7 @@ class DaliStep:
         values, running statistics not counted twice) and only that pass carries it.
         """
         held = encoder_loss(z, mu, logvar.detach(), self.lambda_e)
-        E = self.nets.E
-        plain = E.module if isinstance(E, nn.parallel.DistributedDataParallel) else E  # one DDP forward per step
+        plain = self.nets.E_unwrapped
         with running_stats_untouched(plain):
             _, logvar_e = plain(e_input.detach())
         variance_part = encoder_loss(z, mu.detach(), logvar_e.float(), self.lambda_e)

@@ -95,7 +95,7 @@ class DDPStrategy(Strategy):
             E = self.accelerator.prepare(E)
         self._remember(plain, {"G": G, "D": D, "E": E})
         self.updates = phase_updates(self.accelerator, self.cfg, self.opt_d, self.opt_ge)
-        return Networks(G, D, E, self.opt_d, self.opt_ge)
+        return Networks(G, D, E, self.opt_d, self.opt_ge, E_plain=plain["E"])
 
     def checkpoint_optimizers(self):
         return {"d": self.opt_d, "ge": self.opt_ge}
